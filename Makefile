@@ -1,0 +1,21 @@
+# The two commands of the README. Both set up .venv from nothing first (scripts/setup.sh, idempotent).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CORES ?= 2
+
+.PHONY: setup run test bench
+
+setup:
+	bash scripts/setup.sh
+
+# Command 1: the embedded default (tiny models, synthetic tasks) end to end -> results/report.html
+run: setup
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/tiny.yaml all
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/tiny.yaml --report results/report.html
+
+# Command 2: the test suite
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+bench: setup
+	$(PY) -m benchmarks $(BENCH_ARGS)

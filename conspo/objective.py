@@ -1,0 +1,212 @@
+"""The objective interface, the registry from config names to objectives, and exact group gradients.
+
+Every method is written as a loss over per-rollout *sequence terms*:
+
+    loss = F(terms_1, ..., terms_N; info)        terms_i = sequence_terms(rollout i)  (a few numbers per rollout)
+
+Token-level surrogates (GRPO, DAPO, ...) have terms = per-rollout token sums and an F that is linear in them; sequence
+score objectives (ConSPO, DisCO, ...) have terms = sequence scores and a non-linear F over each group. One backward
+path serves both and is exact under any micro-batching:
+
+    c_i = dF/dterms_i  on the whole optimizer-step batch (tiny tensors, all-gathered across ranks),
+    then, micro-batch by micro-batch:  backward( sum_i sg(c_i) . terms_i ).
+
+By the chain rule the accumulated gradient equals the gradient of F on the whole batch, whatever the micro-batch
+size, the row order or the split across ranks (ARCHITECTURE.md, "Exact group gradients").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Protocol
+
+import torch
+from torch import Tensor
+
+from .batch import RolloutBatch, SequenceInfo
+from .losses import group_advantages
+
+
+class Objective:
+    """Base class of every registered objective. Subclasses are dataclasses whose fields are the hyperparameters."""
+
+    name: ClassVar[str] = ""
+    n_terms: ClassVar[int] = 1
+    linear: ClassVar[bool] = False  # F is linear in the terms: coefficients need no forward pass
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether the batch must carry ref_logprobs (a KL term to a reference model)."""
+        return False
+
+    def advantages(self, rewards: Tensor, group_ids: Tensor) -> Tensor:
+        """Per-rollout advantages the trainer stores in the batch (GRPO's Eq. 1 unless a method says otherwise)."""
+        return group_advantages(rewards, group_ids, "population")
+
+    def sequence_terms(self, batch: RolloutBatch, logprobs: Tensor) -> Tensor:
+        """Differentiable per-rollout terms [n, n_terms] from the current policy's response log-probs [n, T]."""
+        raise NotImplementedError
+
+    def loss(self, terms: Tensor, info: SequenceInfo, progress: float) -> tuple[Tensor, dict[str, float]]:
+        """The scalar loss to minimise from the whole step batch's terms [N, n_terms], and metrics to log."""
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
+
+
+# --------------------------------------------------------------------------------------------------- registry
+
+_REGISTRY: dict[str, Callable[..., Objective]] = {}
+_BUILTIN_MODULES = ("conspo.contrastive", "baselines")
+
+
+def register_objective(name: str, **preset):
+    """Class decorator: `@register_objective("grpo")` makes the class buildable as `build_objective("grpo", ...)`.
+
+    `preset` registers the same class again under another name with some fields fixed, e.g.
+    `register_objective("conspo_fixed_margin", margin_schedule="fixed")(ConSPO)`.
+    """
+
+    def wrap(cls):
+        if name in _REGISTRY:
+            raise ValueError(f"objective {name!r} is registered twice")
+        _REGISTRY[name] = (lambda **kw: cls(**{**preset, **kw})) if preset else cls
+        _REGISTRY[name].objective_class = cls  # type: ignore[attr-defined]
+        _REGISTRY[name].preset = dict(preset)  # type: ignore[attr-defined]
+        if not preset:
+            cls.name = name
+        return cls
+
+    return wrap
+
+
+def _load_builtins() -> None:
+    for module in _BUILTIN_MODULES:
+        importlib.import_module(module)
+
+
+def available_objectives() -> list[str]:
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def objective_parameters(name: str) -> dict[str, object]:
+    """Default hyperparameters of a registered objective (preset values applied)."""
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(sorted(_REGISTRY))}")
+    factory = _REGISTRY[name]
+    cls = factory.objective_class  # type: ignore[attr-defined]
+    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    return {**defaults, **factory.preset}  # type: ignore[attr-defined]
+
+
+def build_objective(name: str, params: dict | None = None) -> Objective:
+    """The objective registered as `name` with hyperparameters `params`; unknown names or keys raise, naming them."""
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(sorted(_REGISTRY))}")
+    factory = _REGISTRY[name]
+    params = dict(params or {})
+    known = {f.name for f in dataclasses.fields(factory.objective_class)}  # type: ignore[attr-defined]
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise KeyError(f"method {name!r} has no parameter {unknown[0]!r}; its parameters: {', '.join(sorted(known))}")
+    objective = factory(**params)
+    objective.name = name
+    return objective
+
+
+# --------------------------------------------------------------------------------------- exact group gradients
+
+
+class Collective(Protocol):
+    """How per-rollout tensors are combined across data-parallel ranks (single process: identity)."""
+
+    world_size: int
+
+    def gather(self, tensor: Tensor) -> tuple[Tensor, int]:
+        """Concatenate this rank's rows with every other rank's (rank order); return it and this rank's offset."""
+        ...
+
+
+@dataclass
+class SingleProcess:
+    world_size: int = 1
+
+    def gather(self, tensor: Tensor) -> tuple[Tensor, int]:
+        return tensor, 0
+
+
+def _gather_info(info: SequenceInfo, collective: Collective) -> SequenceInfo:
+    gathered = {}
+    for f in dataclasses.fields(SequenceInfo):
+        value = getattr(info, f.name)
+        full, _ = collective.gather(value.to(torch.float32) if value.dtype == torch.bool else value)
+        gathered[f.name] = full.bool() if value.dtype == torch.bool else full
+    return SequenceInfo(**gathered)
+
+
+def _check_finite(terms: Tensor, where: str) -> None:
+    bad = ~torch.isfinite(terms).all(-1)
+    if bool(bad.any()):
+        rows = torch.nonzero(bad).flatten().tolist()[:8]
+        raise FloatingPointError(f"non-finite sequence terms ({where}) at rows {rows}: refusing to back-propagate")
+
+
+LogprobFn = Callable[[RolloutBatch], Tensor]
+
+
+@torch.no_grad()
+def compute_terms(objective: Objective, batch: RolloutBatch, logprob_fn: LogprobFn, micro_batch_size: int) -> Tensor:
+    """Sequence terms of every rollout of `batch` without gradients, micro-batch by micro-batch."""
+    parts = [objective.sequence_terms(mb, logprob_fn(mb)) for _, mb in batch.micro_batches(micro_batch_size)]
+    return torch.cat(parts).detach()
+
+
+def accumulate_gradients(
+    objective: Objective,
+    batch: RolloutBatch,
+    logprob_fn: LogprobFn,
+    *,
+    micro_batch_size: int,
+    progress: float,
+    terms: Tensor | None = None,
+    collective: Collective | None = None,
+) -> tuple[float, dict[str, float]]:
+    """Back-propagate the objective's loss on the whole step batch into the parameters' .grad, micro-batch by
+    micro-batch, exactly (see module docstring). Returns the loss value and the objective's metrics.
+
+    `terms`: this rank's no-grad terms at the current parameters if already known (e.g. from the behaviour policy's
+    log-probs on the first strictly on-policy update); computed with an extra no-grad pass otherwise, except for
+    linear objectives, whose coefficients do not depend on the terms.
+    With several ranks, gradients are assumed to be averaged by DDP/FSDP, so each rank's share is scaled by the world
+    size to make the average equal the whole-batch gradient.
+    """
+    collective = collective or SingleProcess()
+    info = _gather_info(batch.info, collective)
+    if terms is None and not objective.linear:
+        terms = compute_terms(objective, batch, logprob_fn, micro_batch_size)
+    probe = terms if terms is not None else torch.zeros(len(batch), objective.n_terms)
+    full, offset = collective.gather(probe)
+    if terms is not None:
+        _check_finite(full, "no-grad pass")
+    leaf = full.clone().requires_grad_(True)
+    loss, metrics = objective.loss(leaf, info, progress)
+    (coeffs,) = torch.autograd.grad(loss, leaf, allow_unused=True, materialize_grads=True)
+    coeffs = coeffs[offset : offset + len(batch)] * collective.world_size
+
+    seen = []
+    for idx, mb in batch.micro_batches(micro_batch_size):
+        mb_terms = objective.sequence_terms(mb, logprob_fn(mb))
+        _check_finite(mb_terms.detach(), "gradient pass")
+        (coeffs[idx].to(mb_terms.dtype) * mb_terms).sum().backward()
+        seen.append(mb_terms.detach())
+    if terms is None:  # linear objective: report the loss at the terms the gradient pass saw
+        full, _ = collective.gather(torch.cat(seen))
+        with torch.no_grad():
+            loss, metrics = objective.loss(full, info, progress)
+    return float(loss.detach()), metrics

@@ -1,0 +1,75 @@
+"""Shared core of the token-level surrogates (GRPO, DAPO, Dr. GRPO, CISPO, SAPO, CEPO's base): a per-token loss,
+an optional per-token KL penalty to a reference model, and an aggregation mode.
+
+A subclass only writes its per-token loss `token_loss(logprobs, old_logprobs, advantages)`; the sequence terms are
+the per-rollout token sums of that loss (and of the KL), and the loss aggregates them linearly, so micro-batching
+and data-parallel splits are exact (conspo.objective).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .batch import RolloutBatch, SequenceInfo
+from .losses import KL_ESTIMATORS, aggregate_token_sums, group_advantages, masked_sum
+from .objective import Objective
+
+
+@dataclass
+class TokenSurrogate(Objective):
+    aggregation: str = "seq-mean-token-mean"
+    aggregation_constant: float | None = None  # the constant of "seq-mean-token-sum-norm" (max response length)
+    kl_coef: float = 0.0  # beta; the paper's reformulation drops the KL term
+    kl_estimator: str = "k3"
+    advantage_std: str = "population"  # paper Eq. 1; verl and TRL use "unbiased" (see group_advantages)
+    advantage_eps: float = 1e-6
+
+    n_terms = 2
+    linear = True
+
+    def __post_init__(self):
+        if self.kl_estimator not in KL_ESTIMATORS:
+            raise ValueError(f"kl_estimator {self.kl_estimator!r} is not one of {sorted(KL_ESTIMATORS)}")
+        # fail at construction, not at the first step, on a bad aggregation
+        aggregate_token_sums(torch.zeros(1), torch.ones(1), self.aggregation, self.aggregation_constant)
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.kl_coef > 0
+
+    def advantages(self, rewards: Tensor, group_ids: Tensor) -> Tensor:
+        return group_advantages(rewards, group_ids, self.advantage_std, self.advantage_eps)
+
+    def token_loss(self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor) -> Tensor:
+        """Per-token loss [n, T] to minimise; `advantages` is [n, 1] (or [n, T] for token-level advantages)."""
+        raise NotImplementedError
+
+    def token_advantages(self, batch: RolloutBatch, logprobs: Tensor) -> Tensor:
+        """Advantages broadcast to tokens; methods with token-level advantages (CEPO) override this."""
+        return batch.advantages[:, None].to(logprobs.dtype)
+
+    def sequence_terms(self, batch: RolloutBatch, logprobs: Tensor) -> Tensor:
+        mask = batch.response_mask
+        policy = masked_sum(self.token_loss(logprobs, batch.old_logprobs, self.token_advantages(batch, logprobs)), mask)
+        if self.kl_coef > 0:
+            if batch.ref_logprobs is None:
+                raise ValueError(f"{self.name}: kl_coef={self.kl_coef} > 0 but the batch carries no ref_logprobs")
+            kl = masked_sum(KL_ESTIMATORS[self.kl_estimator](logprobs, batch.ref_logprobs), mask)
+        else:
+            kl = torch.zeros_like(policy)
+        return torch.stack([policy, kl], dim=-1)
+
+    def loss(self, terms: Tensor, info: SequenceInfo, progress: float) -> tuple[Tensor, dict[str, float]]:
+        policy = aggregate_token_sums(terms[:, 0], info.lengths, self.aggregation, self.aggregation_constant)
+        kl = aggregate_token_sums(terms[:, 1], info.lengths, self.aggregation, self.aggregation_constant)
+        return policy + self.kl_coef * kl, {"policy_loss": float(policy), "kl": float(kl)}
+
+
+def clip_fraction(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor, low: float, high: float) -> float:
+    """Fraction of response tokens whose ratio lies outside [1 - low, 1 + high] (logged by the trainer)."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    outside = ((ratio < 1 - low) | (ratio > 1 + high)) & mask
+    return float(outside.sum() / mask.sum().clamp_min(1))

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Create (or refresh) the project's virtual environment in .venv, from nothing, with pip only.
+# Idempotent: a stamp holding the hash of the install inputs skips the work when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+stamp="$VENV/.conspo-setup-stamp"
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+echo "[setup] creating $VENV"
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+pip="$VENV/bin/python -m pip"
+# torch first and pinned: this is the CPU build the machine carries; an unpinned torch pulls a CUDA build of several GB.
+$pip install -q "torch==${TORCH_VERSION:-2.13.0}"
+extras=${CONSPO_EXTRAS:-cpu,dev}
+$pip install -q -e ".[${extras}]"
+# PyPI's torchvision/torchaudio fail to import beside this torch and break transformers' lazy imports.
+$pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
+echo "$want" > "$stamp"
+echo "[setup] done"
