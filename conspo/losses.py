@@ -114,8 +114,10 @@ def group_advantages(rewards: Tensor, group_ids: Tensor, std: str = "population"
     sq = groups.sum(centred**2)
     dof = count if std == "population" else (count - 1).clamp_min(1)
     sd = torch.sqrt(sq / dof)
-    adv = centred / (sd[groups.index] + eps)
-    return torch.where(count[groups.index] > 1, adv, torch.zeros_like(adv))
+    sd = sd[groups.index]
+    # a group whose rewards are all equal (or a group of one) has no signal: advantage 0, never 0/0
+    informative = (count[groups.index] > 1) & (sd > 0)
+    return torch.where(informative, centred / torch.where(informative, sd + eps, torch.ones_like(sd)), torch.zeros_like(sd))
 
 
 # ---------------------------------------------------------------------------------------------- token aggregation

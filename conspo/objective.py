@@ -141,6 +141,33 @@ class SingleProcess:
         return tensor, 0
 
 
+class TorchDistributed:
+    """Collective over the default torch.distributed process group (the one accelerate/torchrun set up).
+
+    Ranks may hold different numbers of rows: sizes are exchanged first and rows padded to the largest.
+    """
+
+    def __init__(self):
+        import torch.distributed as dist
+
+        self._dist = dist
+        self.world_size = dist.get_world_size()
+        self.rank = dist.get_rank()
+
+    def gather(self, tensor: Tensor) -> tuple[Tensor, int]:
+        dist = self._dist
+        size = torch.tensor([tensor.shape[0]], device=tensor.device)
+        sizes = [torch.zeros_like(size) for _ in range(self.world_size)]
+        dist.all_gather(sizes, size)
+        sizes = [int(s) for s in sizes]
+        padded = torch.zeros((max(sizes), *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+        padded[: tensor.shape[0]] = tensor
+        parts = [torch.zeros_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded.contiguous())
+        full = torch.cat([p[:n] for p, n in zip(parts, sizes)])
+        return full, sum(sizes[: self.rank])
+
+
 def _gather_info(info: SequenceInfo, collective: Collective) -> SequenceInfo:
     gathered = {}
     for f in dataclasses.fields(SequenceInfo):

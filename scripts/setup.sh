@@ -17,6 +17,10 @@ pip="$VENV/bin/python -m pip"
 $pip install -q "torch==${TORCH_VERSION:-2.13.0}"
 extras=${CONSPO_EXTRAS:-cpu,dev}
 $pip install -q -e ".[${extras}]"
+# The slurm executor plugin pins numpy>=2.4.5, which vLLM's mistral-common (numpy<2.4 on Python<=3.12) forbids;
+# it runs fine on numpy 2.3 (its dry runs are tested here), so it goes in without its pins; its other
+# requirements are the project's own dependencies.
+$pip install -q --no-deps "snakemake-executor-plugin-slurm==${SLURM_PLUGIN_VERSION:-2.8.0}"
 # PyPI's torchvision/torchaudio fail to import beside this torch and break transformers' lazy imports.
 $pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
 echo "$want" > "$stamp"
