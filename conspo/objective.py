@@ -41,6 +41,15 @@ class Objective:
         """Whether the batch must carry ref_logprobs (a KL term to a reference model)."""
         return False
 
+    def prepare(self, batch: RolloutBatch, context: "RolloutContext") -> RolloutBatch:
+        """Method-specific work on a fresh rollout batch, before advantages are computed (default: none).
+
+        The trainer calls it for every method. CLIPO reshapes rewards here; CEPO runs its teacher passes and stores
+        token weights in `batch.extras`. `context` gives access to the policy's forward passes, so extra passes go
+        through the same engine code as the policy's.
+        """
+        return batch
+
     def advantages(self, rewards: Tensor, group_ids: Tensor) -> Tensor:
         """Per-rollout advantages the trainer stores in the batch (GRPO's Eq. 1 unless a method says otherwise)."""
         return group_advantages(rewards, group_ids, "population")
@@ -55,6 +64,25 @@ class Objective:
 
     def config(self) -> dict:
         return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
+
+
+@dataclass
+class RolloutContext:
+    """What `Objective.prepare` may use: the policy's forward passes and the rollouts' text side.
+
+    - `response_logprobs(prompt_ids, prompt_mask, response_ids, response_mask) -> Tensor[n, T]` (no grad)
+    - `response_hidden(prompt_ids, prompt_mask, response_ids, response_mask) -> Tensor[n, T, H]` (final-layer hidden
+      states of the response tokens; differentiable only if the caller enables grad)
+    - `tokenizer`, the rows' gold `answers` and decoded `responses`, the current `step` and `progress`.
+    """
+
+    response_logprobs: Callable[..., Tensor]
+    response_hidden: Callable[..., Tensor]
+    tokenizer: object
+    answers: list[str]
+    responses: list[str]
+    step: int = 0
+    progress: float = 0.0
 
 
 # --------------------------------------------------------------------------------------------------- registry
