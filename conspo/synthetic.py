@@ -1,0 +1,190 @@
+"""Deterministic synthetic verifiable math tasks: offline stand-ins for the paper's datasets.
+
+Every problem is a short printable-ASCII arithmetic or linear-equation statement with an integer answer, small
+enough for a character-level toy policy to partly learn. Two training kinds stand in for DeepScaleR and
+DAPO-Math-17k (different generators and distributions); seven benchmark kinds stand in for the paper's benchmarks,
+graded in difficulty (MATH500 easiest, HMMT25 hardest) so that a tiny results table has the paper's shape.
+
+Training and benchmark problems can never coincide: every problem text is assigned to one side by a stable hash
+(`problem_side`), and each generator keeps only problems of its own side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ExpressionStyle:
+    """How to draw one "Compute ..." problem: operand count, operand range, operators, chance of a bracket."""
+
+    operands: tuple[int, int]  # inclusive range of the number of operands
+    max_operand: int  # operands are drawn from 1..max_operand
+    operators: str  # subset of "+-*"
+    max_factor: int  # operands next to a "*" are drawn from 1..max_factor, keeping answers short
+    bracket_probability: float = 0.0
+
+
+@dataclass(frozen=True)
+class EquationStyle:
+    """How to draw one "Solve a*x+b=c." problem: coefficient and solution ranges."""
+
+    max_coefficient: int
+    max_solution: int
+
+
+@dataclass(frozen=True)
+class TaskKind:
+    """One synthetic kind: its role, the real dataset it stands in for, and how its problems are drawn."""
+
+    role: str  # "train" or "benchmark"
+    stands_for: str
+    description: str
+    expression: ExpressionStyle
+    equation: EquationStyle | None = None
+    equation_share: float = 0.0  # fraction of problems drawn as linear equations
+
+
+KINDS: dict[str, TaskKind] = {
+    "train-deepscaler": TaskKind(
+        role="train",
+        stands_for="agentica-org/DeepScaleR-Preview-Dataset",
+        description="mixed-difficulty expressions, 2-4 operands up to 40, + - *, some brackets",
+        expression=ExpressionStyle(operands=(2, 4), max_operand=40, operators="+-*", max_factor=9,
+                                   bracket_probability=0.3),
+    ),
+    "train-dapo": TaskKind(
+        role="train",
+        stands_for="BytedTsinghua-SIA/DAPO-Math-17k",
+        description="half linear equations a*x+b=c, half 3-operand expressions up to 30 with brackets",
+        expression=ExpressionStyle(operands=(3, 3), max_operand=30, operators="+-*", max_factor=9,
+                                   bracket_probability=0.5),
+        equation=EquationStyle(max_coefficient=9, max_solution=20),
+        equation_share=0.5,
+    ),
+    "math500": TaskKind(
+        role="benchmark",
+        stands_for="HuggingFaceH4/MATH-500",
+        description="easiest: two operands up to 50, + and - only",
+        expression=ExpressionStyle(operands=(2, 2), max_operand=50, operators="+-", max_factor=50),
+    ),
+    "amc": TaskKind(
+        role="benchmark",
+        stands_for="AI-MO/aimo-validation-amc",
+        description="two operands up to 99, + - and small products",
+        expression=ExpressionStyle(operands=(2, 2), max_operand=99, operators="+-*", max_factor=12),
+    ),
+    "olympiadbench": TaskKind(
+        role="benchmark",
+        stands_for="Hothan/OlympiadBench",
+        description="three operands up to 30, + and - only",
+        expression=ExpressionStyle(operands=(3, 3), max_operand=30, operators="+-", max_factor=30),
+    ),
+    "aime24": TaskKind(
+        role="benchmark",
+        stands_for="HuggingFaceH4/aime_2024",
+        description="three operands up to 40, + - *",
+        expression=ExpressionStyle(operands=(3, 3), max_operand=40, operators="+-*", max_factor=9),
+    ),
+    "aime25": TaskKind(
+        role="benchmark",
+        stands_for="MathArena/aime_2025",
+        description="three operands up to 60, + - *, some brackets",
+        expression=ExpressionStyle(operands=(3, 3), max_operand=60, operators="+-*", max_factor=12,
+                                   bracket_probability=0.3),
+    ),
+    "aime26": TaskKind(
+        role="benchmark",
+        stands_for="MathArena/aime_2026",
+        description="three or four operands up to 60, + - *, some brackets",
+        expression=ExpressionStyle(operands=(3, 4), max_operand=60, operators="+-*", max_factor=12,
+                                   bracket_probability=0.3),
+    ),
+    "hmmt25": TaskKind(
+        role="benchmark",
+        stands_for="MathArena/hmmt_feb_2025",
+        description="hardest: four operands up to 99, + - *, mostly bracketed",
+        expression=ExpressionStyle(operands=(4, 4), max_operand=99, operators="+-*", max_factor=19,
+                                   bracket_probability=0.7),
+    ),
+}
+
+TRAIN_KINDS = tuple(name for name, kind in KINDS.items() if kind.role == "train")
+BENCHMARK_KINDS = tuple(name for name, kind in KINDS.items() if kind.role == "benchmark")
+
+
+def problem_side(problem: str) -> str:
+    """The side ("train" or "benchmark") a problem text belongs to; one in four texts go to benchmarks."""
+    digest = hashlib.sha256(problem.encode("ascii")).digest()
+    return "benchmark" if digest[0] % 4 == 0 else "train"
+
+
+def _evaluate_flat(values: list[int], operators: list[str]) -> int:
+    """Value of v0 op0 v1 op1 ... with * binding tighter than + and - (left to right)."""
+    terms = [values[0]]
+    signs = [1]
+    for operator, value in zip(operators, values[1:]):
+        if operator == "*":
+            terms[-1] *= value
+        else:
+            terms.append(value)
+            signs.append(1 if operator == "+" else -1)
+    return sum(sign * term for sign, term in zip(signs, terms))
+
+
+def _draw_expression(rng: random.Random, style: ExpressionStyle) -> tuple[str, int]:
+    count = rng.randint(*style.operands)
+    operators = [rng.choice(style.operators) for _ in range(count - 1)]
+    values = []
+    for index in range(count):
+        next_to_product = (index > 0 and operators[index - 1] == "*") or (
+            index < count - 1 and operators[index] == "*")
+        values.append(rng.randint(1, style.max_factor if next_to_product else style.max_operand))
+    texts = [str(value) for value in values]
+    if count > 2 and rng.random() < style.bracket_probability:
+        at = rng.randrange(count - 1)
+        inner = _evaluate_flat(values[at:at + 2], operators[at:at + 1])
+        texts[at:at + 2] = [f"({texts[at]}{operators[at]}{texts[at + 1]})"]
+        values[at:at + 2] = [inner]
+        del operators[at]
+    text = texts[0] + "".join(operator + operand for operator, operand in zip(operators, texts[1:]))
+    return f"Compute {text}.", _evaluate_flat(values, operators)
+
+
+def _draw_equation(rng: random.Random, style: EquationStyle) -> tuple[str, int]:
+    coefficient = rng.randint(2, style.max_coefficient)
+    solution = rng.randint(-style.max_solution, style.max_solution)
+    offset = rng.randint(1, 50)
+    sign = rng.choice("+-")
+    right = coefficient * solution + (offset if sign == "+" else -offset)
+    return f"Solve {coefficient}*x{sign}{offset}={right} for x.", solution
+
+
+def make_tasks(kind: str, n: int, seed: int) -> list[dict]:
+    """`n` distinct problems of `kind` as records {id, problem, answer, source}; the same (kind, n, seed) always
+    gives the same records, and a larger `n` extends a smaller one."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown synthetic kind {kind!r}; kinds: {', '.join(KINDS)}")
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    spec = KINDS[kind]
+    rng = random.Random(f"conspo-synthetic:{kind}:{seed}")
+    records: list[dict] = []
+    seen: set[str] = set()
+    attempts = 0
+    while len(records) < n:
+        attempts += 1
+        if attempts > 200 * n + 1000:
+            raise ValueError(f"synthetic kind {kind!r} cannot supply {n} distinct problems")
+        if spec.equation is not None and rng.random() < spec.equation_share:
+            problem, answer = _draw_equation(rng, spec.equation)
+        else:
+            problem, answer = _draw_expression(rng, spec.expression)
+        if problem in seen or problem_side(problem) != spec.role:
+            continue
+        seen.add(problem)
+        records.append({"id": f"{kind}-s{seed}-{len(records):05d}", "problem": problem, "answer": str(answer),
+                        "source": f"synthetic:{kind}"})
+    return records

@@ -1,0 +1,70 @@
+import re
+import string
+
+import pytest
+
+from conspo.synthetic import BENCHMARK_KINDS, KINDS, TRAIN_KINDS, make_tasks, problem_side
+
+PRINTABLE = set(string.printable) - set("\t\n\r\x0b\x0c")
+
+
+def _solve(problem: str) -> int:
+    """Independent check of a problem's answer: Python's own integer arithmetic on the statement."""
+    expression = re.fullmatch(r"Compute ([0-9+\-*()]+)\.", problem)
+    if expression:
+        return eval(expression.group(1), {"__builtins__": {}})  # digits, + - * and brackets only
+    equation = re.fullmatch(r"Solve (\d+)\*x([+-]\d+)=(-?\d+) for x\.", problem)
+    assert equation, problem
+    coefficient, offset, right = (int(group) for group in equation.groups())
+    assert (right - offset) % coefficient == 0
+    return (right - offset) // coefficient
+
+
+def test_kinds_cover_the_paper_datasets():
+    assert set(TRAIN_KINDS) == {"train-deepscaler", "train-dapo"}
+    assert set(BENCHMARK_KINDS) == {"aime24", "aime25", "aime26", "hmmt25", "math500", "amc", "olympiadbench"}
+    assert all(kind.description and kind.stands_for for kind in KINDS.values())
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_records_are_correct_distinct_ascii_and_deterministic(kind):
+    records = make_tasks(kind, 300, seed=3)
+    assert records == make_tasks(kind, 300, seed=3)
+    assert records != make_tasks(kind, 300, seed=4)
+    assert make_tasks(kind, 100, seed=3) == records[:100]
+    assert len({record["problem"] for record in records}) == 300
+    assert len({record["id"] for record in records}) == 300
+    for record in records:
+        assert set(record) == {"id", "problem", "answer", "source"}
+        assert record["source"] == f"synthetic:{kind}"
+        assert set(record["problem"]) <= PRINTABLE and len(record["problem"]) <= 40
+        assert int(record["answer"]) == _solve(record["problem"])
+
+
+def test_math500_stand_in_supplies_a_full_size_benchmark():
+    assert len(make_tasks("math500", 500, seed=0)) == 500
+
+
+def test_benchmarks_never_overlap_training_sets():
+    training = {r["problem"] for kind in TRAIN_KINDS for seed in (0, 1) for r in make_tasks(kind, 3000, seed)}
+    for kind in BENCHMARK_KINDS:
+        for seed in (0, 1):
+            problems = {r["problem"] for r in make_tasks(kind, 200, seed)}
+            assert not problems & training, kind
+            assert all(problem_side(problem) == "benchmark" for problem in problems)
+
+
+def test_benchmarks_are_graded_in_difficulty():
+    def mean_size(kind):
+        records = make_tasks(kind, 200, seed=0)
+        operands = sum(len(re.findall(r"\d+", r["problem"])) for r in records) / len(records)
+        digits = sum(len(r["answer"].lstrip("-")) for r in records) / len(records)
+        return operands + digits
+
+    sizes = [mean_size(kind) for kind in ("math500", "olympiadbench", "aime24", "hmmt25")]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+
+
+def test_unknown_kind_names_the_choices():
+    with pytest.raises(ValueError, match="train-dapo"):
+        make_tasks("gsm8k", 3, seed=0)
