@@ -14,7 +14,8 @@ run: setup
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/tiny.yaml --report results/report.html
 
 # Command 2: the test suite
-test: setup
+test:
+	bash scripts/setup.sh --browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 bench: setup
