@@ -10,6 +10,8 @@ Public API (relied on by users and tests):
 - `margin_at(progress, M, alpha)`                          Eq. 16
 - `conspo_group_objective(scores, correct, group_ids, tau, margin)`  Eq. 15, one value per group
 - `discriminative_group_objective(pos_scores, neg_scores, correct, group_ids)`  Eq. 8, one value per group
+- `group_logsumexp(values, member, groups)`                per-group log-sum-exp over member rows (DisCO, Eq. 15)
+- `clipped_surrogate(ratio, advantages, eps_low, eps_high)` PPO's clipped token loss (GRPO, DAPO, Dr. GRPO, CEPO)
 """
 
 from __future__ import annotations
@@ -182,6 +184,16 @@ def kl_k3(logprobs: Tensor, ref_logprobs: Tensor) -> Tensor:
 KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
 
 
+# ---------------------------------------------------------------------------------------------- token surrogates
+
+
+def clipped_surrogate(ratio: Tensor, advantages: Tensor, eps_low: float, eps_high: float) -> Tensor:
+    """PPO's clipped surrogate per token, negated to a loss (paper Eq. 4):
+    -min(rho A, clip(rho, 1 - eps_low, 1 + eps_high) A). eps_high > eps_low is DAPO's clip-higher."""
+    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
+    return -torch.minimum(ratio * advantages, clipped * advantages)
+
+
 # ---------------------------------------------------------------------------------------------- ConSPO maths
 
 
@@ -197,7 +209,7 @@ def margin_at(progress: float, M: float, alpha: float) -> float:
     return 0.5 * M * (1.0 - math.cos(math.pi * rho))
 
 
-def _group_logsumexp(values: Tensor, member: Tensor, groups: Groups) -> Tensor:
+def group_logsumexp(values: Tensor, member: Tensor, groups: Groups) -> Tensor:
     """Per-group log sum_{j in group, member[j]} exp(values_j); 0 for groups with no member (never -inf)."""
     n = len(groups.ids)
     masked = torch.where(member, values, torch.full_like(values, -torch.inf))
@@ -229,7 +241,7 @@ def conspo_group_objective(
     groups = group_structure(correct, group_ids)
     z = scores / tau
     z_pos = (scores - margin) / tau
-    lse_neg = _group_logsumexp(z, ~correct, groups)  # log sum_{j in neg} exp(s_j / tau)
+    lse_neg = group_logsumexp(z, ~correct, groups)  # log sum_{j in neg} exp(s_j / tau)
     valid_row = correct & groups.contrastive[groups.index]
     # tau * [z_i - log(exp(z_i) + exp(lse_neg))] for positives of contrastive groups (Eq. 10/15)
     log_p_pos = z_pos - torch.logaddexp(z_pos, lse_neg[groups.index])
@@ -246,7 +258,7 @@ def contrastive_probabilities(
     correct = correct.bool()
     groups = group_structure(correct, group_ids)
     z_pos = (scores - margin) / tau
-    lse_neg = _group_logsumexp(scores / tau, ~correct, groups)
+    lse_neg = group_logsumexp(scores / tau, ~correct, groups)
     p = torch.exp(z_pos - torch.logaddexp(z_pos, lse_neg[groups.index]))
     valid_row = correct & groups.contrastive[groups.index]
     return torch.where(valid_row, p, torch.full_like(p, torch.nan))

@@ -14,23 +14,43 @@ import torch
 from torch import Tensor
 
 from .batch import RolloutBatch, SequenceInfo
-from .losses import KL_ESTIMATORS, aggregate_token_sums, group_advantages, masked_sum
+from .losses import KL_ESTIMATORS, STD_MODES, aggregate_token_sums, group_advantages, masked_sum
 from .objective import Objective
 
 
 @dataclass
-class TokenSurrogate(Objective):
+class GroupRelative(Objective):
+    """Objectives driven by GRPO's group-relative advantage A_i = (r_i - mean_g r) / (std_g r + eps) (paper Eq. 1).
+
+    The std estimator is a config choice because the sources differ: the paper's Eq. 1 (and Proposition 1) use the
+    population std, verl the unbiased std with eps 1e-6, TRL the unbiased std with eps 1e-4; "none" is Dr. GRPO.
+    Default "population": it is the paper's definition, and within a group of G rollouts the unbiased choice only
+    rescales every advantage by sqrt((G-1)/G) (0.935 for G = 8), a constant factor on a loss linear in A.
+    """
+
+    advantage_std: str = "population"
+    advantage_eps: float = 1e-6
+
+    def __post_init__(self):
+        if self.advantage_std not in STD_MODES:
+            raise ValueError(f"{self.name}.advantage_std must be one of {STD_MODES}, got {self.advantage_std!r}")
+
+    def advantages(self, rewards: Tensor, group_ids: Tensor) -> Tensor:
+        return group_advantages(rewards, group_ids, self.advantage_std, self.advantage_eps)
+
+
+@dataclass
+class TokenSurrogate(GroupRelative):
     aggregation: str = "seq-mean-token-mean"
     aggregation_constant: float | None = None  # the constant of "seq-mean-token-sum-norm" (max response length)
     kl_coef: float = 0.0  # beta; the paper's reformulation drops the KL term
     kl_estimator: str = "k3"
-    advantage_std: str = "population"  # paper Eq. 1; verl and TRL use "unbiased" (see group_advantages)
-    advantage_eps: float = 1e-6
 
     n_terms = 2
     linear = True
 
     def __post_init__(self):
+        super().__post_init__()
         if self.kl_estimator not in KL_ESTIMATORS:
             raise ValueError(f"kl_estimator {self.kl_estimator!r} is not one of {sorted(KL_ESTIMATORS)}")
         # fail at construction, not at the first step, on a bad aggregation
@@ -39,9 +59,6 @@ class TokenSurrogate(Objective):
     @property
     def needs_reference(self) -> bool:
         return self.kl_coef > 0
-
-    def advantages(self, rewards: Tensor, group_ids: Tensor) -> Tensor:
-        return group_advantages(rewards, group_ids, self.advantage_std, self.advantage_eps)
 
     def token_loss(self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor) -> Tensor:
         """Per-token loss [n, T] to minimise; `advantages` is [n, 1] (or [n, T] for token-level advantages)."""
