@@ -1,3 +1,3 @@
 """Baseline objectives of the ConSPO paper, one module each, registered in conspo's objective registry on import."""
 
-from . import grpo  # noqa: F401
+from . import cispo, dapo, disco, dr_grpo, gmpo, grpo, sapo  # noqa: F401

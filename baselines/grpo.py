@@ -1,4 +1,13 @@
-"""GRPO (paper Eq. 3): per token -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A), seq-mean-token-mean, optional KL."""
+"""GRPO (Shao et al. 2024; ConSPO paper Eqs. 1, 3, 4).
+
+    rho_{i,t} = pi_theta(o_{i,t}) / pi_old(o_{i,t})
+    A_i       = (r_i - mean_g r) / (std_g r + eps)                                  (Eq. 1)
+    l_{i,t}   = -min(rho_{i,t} A_i, clip(rho_{i,t}, 1 - eps, 1 + eps) A_i)          (Eq. 4)
+    loss      = mean_i (1/L_i) sum_t l_{i,t}  [+ beta * KL(pi_theta || pi_ref), k3]  (Eq. 3, seq-mean-token-mean)
+
+Defaults: eps = 0.2 on both sides; beta = 0 (the paper's reformulation drops the KL term; set kl_coef > 0 and the
+trainer supplies ref_logprobs).
+"""
 
 from __future__ import annotations
 
@@ -7,14 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from conspo.losses import clipped_surrogate
 from conspo.objective import register_objective
 from conspo.surrogate import TokenSurrogate
-
-
-def clipped_surrogate(ratio: Tensor, advantages: Tensor, eps_low: float, eps_high: float) -> Tensor:
-    """PPO's clipped surrogate per token, negated to a loss: -min(rho A, clip(rho, 1-eps_low, 1+eps_high) A)."""
-    clipped = torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)
-    return -torch.minimum(ratio * advantages, clipped * advantages)
 
 
 @register_objective("grpo")
@@ -25,4 +29,4 @@ class GRPO(TokenSurrogate):
 
     def token_loss(self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor) -> Tensor:
         ratio = torch.exp(logprobs - old_logprobs)  # rho_{i,t}
-        return clipped_surrogate(ratio, advantages, self.clip_eps_low, self.clip_eps_high)  # Eq. 3
+        return clipped_surrogate(ratio, advantages, self.clip_eps_low, self.clip_eps_high)  # Eq. 4
