@@ -1,0 +1,63 @@
+# The ConSPO reproducibility workflow: every cell of the paper's Tables 1-6 and Figures 1-2 as a target.
+#   embedded default (tiny models, synthetic tasks):  snakemake --cores 2 all
+#   the paper on a SLURM cluster:                     snakemake --profile slurm --configfile config/paper.yaml tables
+# docs/workflow.md lists the targets and how to regenerate a single cell.
+
+from snakemake.utils import min_version, validate
+
+min_version("9.20")
+
+
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/tiny.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/select.smk"
+include: "workflow/rules/tables.smk"
+include: "workflow/rules/figures.smk"
+
+
+rule tables:
+    input:
+        TABLE_OUTPUTS,
+        FIGURE_OUTPUTS,
+        CURVE_OUTPUTS,
+    default_target: True
+    localrule: True
+
+
+rule all:
+    input:
+        rules.tables.input,
+    localrule: True
+
+
+for table in PLAN.tables:
+
+    rule:
+        name:
+            table
+        input:
+            table_outputs(table),
+        localrule: True
+
+
+for figure in PLAN.figures:
+
+    rule:
+        name:
+            figure
+        input:
+            figure_output(figure),
+        localrule: True

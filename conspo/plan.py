@@ -1,0 +1,446 @@
+"""What the workflow has to compute, derived from a workflow config (config/paper.yaml, config/tiny.yaml).
+
+The Snakefile imports this module and asks it every planning question; the rules only call `conspo <command>`.
+
+    plan = Plan.from_config(config)        # semantic validation: every error names the config key at fault
+    plan.runs                              # distinct training runs, keyed by their resolved hyperparameters
+    plan.checkpoint_steps(run_name)        # the steps whose checkpoints a run writes
+    plan.run_benchmarks(run_name)          # the benchmarks each checkpoint of a run is evaluated on
+    plan.table_spec("table1")              # the cells of a table: which run or base model fills each row
+
+Identical runs are one job: a run is identified by (model, training set, objective class, every objective
+parameter, every training setting), so e.g. the Figure 2 point M = 0 is the Table 6 row "w/o scheduled margin" and
+the default ConSPO run serves Table 1, Table 6 and every Figure 2 panel. A run is named after the first table row or
+sweep point that needs it: `{model}--{dataset}--{variant}`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+
+import yaml
+
+from .objective import available_objectives, build_objective, objective_parameters
+from .runconfig import ConfigError, checkpoint_steps, parse_config
+
+BASE_MODEL = "Base Model"
+AVERAGE = "Avg"
+
+
+class PlanError(ValueError):
+    """The workflow config is inconsistent; the message starts with the config key at fault."""
+
+
+def slug(name: str) -> str:
+    """A path-safe lower-case name: 'DeepSeek-R1-Distill-Qwen-1.5B' -> 'deepseek-r1-distill-qwen-1.5b'."""
+    return re.sub(r"[^a-z0-9.]+", "-", name.lower()).strip("-")
+
+
+def number_slug(value: float) -> str:
+    return f"{value:g}"
+
+
+def command_args(options: dict) -> str:
+    """{'train_kind': 'x', 'steps': 3} -> "--train-kind x --steps 3" (shell-quoted; true as a bare flag)."""
+    args: list[str] = []
+    for key, value in options.items():
+        flag = "--" + str(key).replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value is not False and value is not None:
+            args += [flag, str(value)]
+    return shlex.join(args)
+
+
+def dotted(settings: dict, key: str):
+    """settings['a']['b'] for key 'a.b' (KeyError when absent)."""
+    value = settings
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def canonical(value):
+    """A hashable, order-independent form of nested config values (for run identity)."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, canonical(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(canonical(v) for v in value)
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    return str(value)
+
+
+@dataclass
+class Run:
+    """One distinct training run."""
+
+    name: str
+    model: str
+    dataset: str
+    objective: str  # registry name used in the run config
+    params: dict  # every objective parameter, resolved
+    trainer: dict  # rollout/train/dynamic_sampling/overlong_shaping sections (method extras merged in)
+    serves: list = field(default_factory=list)  # e.g. ["table1:ConSPO", "figure2:tau=10"]
+
+
+class Plan:
+    def __init__(self, config: dict):
+        self.config = config
+        self.results = config["results"]
+        self.models: dict = config["models"]
+        self.datasets: dict = config["datasets"]
+        self.benchmarks: dict = config["benchmarks"]
+        self.methods: dict = config["methods"]
+        self.tables: dict = config["tables"]
+        self.figures: dict = config["figures"]
+        self.runs: dict[str, Run] = {}
+        self._run_by_key: dict = {}
+        self._benchmarks_of_run: dict[str, list[str]] = {}
+        self._cells: dict[str, list[dict]] = {}
+        self._sweeps: dict[str, list[dict]] = {}
+        self._check_references()
+        self._plan_tables()
+        self._plan_figures()
+        self._check_run_configs()
+
+    @classmethod
+    def from_config(cls, config: dict) -> "Plan":
+        return cls(config)
+
+    # ------------------------------------------------------------------------------------------ validation
+    def _need(self, key: str, name: str, known: dict, what: str) -> None:
+        if name not in known:
+            raise PlanError(f"{key}: unknown {what} {name!r}; known: {', '.join(known)}")
+
+    def _check_references(self) -> None:
+        for bench, spec in self.benchmarks.items():
+            if spec["metric"].startswith("avg@") and int(spec["metric"][4:]) != spec["samples"]:
+                raise PlanError(f"benchmarks.{bench}.samples: {spec['metric']} needs {spec['metric'][4:]} samples "
+                                f"per problem, got {spec['samples']}")
+        registered = available_objectives()
+        for method, spec in self.methods.items():
+            if spec["objective"] not in registered:
+                raise PlanError(f"methods.{method}.objective: unknown objective {spec['objective']!r}; "
+                                f"registered: {', '.join(registered)}")
+            known = objective_parameters(spec["objective"])
+            for param in spec.get("params", {}):
+                if param not in known:
+                    raise PlanError(f"methods.{method}.params.{param}: objective {spec['objective']!r} has no "
+                                    f"parameter {param!r}; its parameters: {', '.join(known)}")
+        for method, spec in self.methods.items():
+            for param, setting in spec.get("link", {}).items():
+                if param not in objective_parameters(spec["objective"]):
+                    raise PlanError(f"methods.{method}.link.{param}: objective {spec['objective']!r} has no "
+                                    f"parameter {param!r}")
+                for model in self.models:
+                    try:
+                        dotted(self.trainer_settings(model, method), setting)
+                    except KeyError:
+                        raise PlanError(f"methods.{method}.link.{param}: no training setting {setting!r} "
+                                        f"(model {model!r})") from None
+        for table, spec in self.tables.items():
+            for i, block in enumerate(spec["blocks"]):
+                self._need(f"tables.{table}.blocks[{i}].model", block["model"], self.models, "model")
+                self._need(f"tables.{table}.blocks[{i}].dataset", block["dataset"], self.datasets, "training set")
+            for i, method in enumerate(spec["methods"]):
+                self._need(f"tables.{table}.methods[{i}]", method, self.methods, "method (no run defined for it)")
+            for i, bench in enumerate(spec["benchmarks"]):
+                self._need(f"tables.{table}.benchmarks[{i}]", bench, self.benchmarks, "benchmark")
+            reference = spec.get("reference")
+            if reference is not None and reference not in spec["methods"]:
+                raise PlanError(f"tables.{table}.reference: {reference!r} is not one of the table's methods")
+        for figure, spec in self.figures.items():
+            self._need(f"figures.{figure}.model", spec["model"], self.models, "model")
+            self._need(f"figures.{figure}.dataset", spec["dataset"], self.datasets, "training set")
+            for i, bench in enumerate(spec.get("benchmarks", [])):
+                self._need(f"figures.{figure}.benchmarks[{i}]", bench, self.benchmarks, "benchmark")
+            for i, method in enumerate(spec.get("methods", [])):
+                self._need(f"figures.{figure}.methods[{i}]", method, self.methods, "method (no run defined for it)")
+            if "method" in spec:
+                self._need(f"figures.{figure}.method", spec["method"], self.methods, "method (no run defined for it)")
+                known = objective_parameters(self.methods[spec["method"]]["objective"])
+                for i, sweep in enumerate(spec.get("sweeps", [])):
+                    if sweep["param"] not in known:
+                        raise PlanError(f"figures.{figure}.sweeps[{i}].param: objective "
+                                        f"{self.methods[spec['method']]['objective']!r} has no parameter "
+                                        f"{sweep['param']!r}; its parameters: {', '.join(known)}")
+
+    # ------------------------------------------------------------------------------------------ runs
+    def trainer_settings(self, model: str, method: str) -> dict:
+        """rollout/train/... sections of a run: global training defaults < model overrides < method extras."""
+        settings = deep_merge(self.config["training"], self.models[model].get("training", {}))
+        return deep_merge(settings, self.methods[method].get("trainer", {}))
+
+    def _run_for(self, model: str, dataset: str, method: str, overrides: dict, variant: str, serves: str) -> str:
+        spec = self.methods[method]
+        defaults = objective_parameters(spec["objective"])
+        trainer = self.trainer_settings(model, method)
+        linked = {param: dotted(trainer, setting) for param, setting in spec.get("link", {}).items()}
+        params = {**defaults, **spec.get("params", {}), **linked, **overrides}
+        params = {k: (float(v) if isinstance(defaults.get(k), float) and isinstance(v, int) and not isinstance(v, bool)
+                      else v) for k, v in params.items()}
+        objective_class = type(build_objective(spec["objective"])).__name__
+        key = canonical([model, dataset, objective_class, params, trainer])
+        name = self._run_by_key.get(key)
+        if name is None:
+            name = f"{slug(model)}--{slug(dataset)}--{variant}"
+            if name in self.runs:
+                raise PlanError(f"methods: two different runs would both be named {name!r}")
+            self.runs[name] = Run(name, model, dataset, spec["objective"], params, trainer)
+            self._run_by_key[key] = name
+        self.runs[name].serves.append(serves)
+        return name
+
+    def _add_benchmarks(self, run: str, benchmarks: list[str]) -> None:
+        have = self._benchmarks_of_run.setdefault(run, [])
+        have += [b for b in benchmarks if b not in have]
+
+    def _plan_tables(self) -> None:
+        for table, spec in self.tables.items():
+            cells = []
+            for block in spec["blocks"]:
+                model, dataset = block["model"], block["dataset"]
+                if spec.get("base_model", False):
+                    cells.append({"model": model, "dataset": dataset, "method": BASE_MODEL, "run": None})
+                for method in spec["methods"]:
+                    run = self._run_for(model, dataset, method, {}, slug(self.methods[method]["objective"]),
+                                        f"{table}:{method}")
+                    self._add_benchmarks(run, spec["benchmarks"])
+                    cells.append({"model": model, "dataset": dataset, "method": method, "run": run})
+            self._cells[table] = cells
+
+    def _plan_figures(self) -> None:
+        for figure, spec in self.figures.items():
+            model, dataset = spec["model"], spec["dataset"]
+            benchmarks = spec.get("benchmarks") or list(self.benchmarks)
+            points = []
+            for method in spec.get("methods", []):
+                run = self._run_for(model, dataset, method, {}, slug(self.methods[method]["objective"]),
+                                    f"{figure}:{method}")
+                self._add_benchmarks(run, benchmarks)
+                points.append({"method": method, "run": run})
+            for sweep in spec.get("sweeps", []):
+                for value in sweep["values"]:
+                    variant = f"{slug(self.methods[spec['method']]['objective'])}-{sweep['name']}{number_slug(value)}"
+                    run = self._run_for(model, dataset, spec["method"], {sweep["param"]: value}, variant,
+                                        f"{figure}:{sweep['name']}={value:g}")
+                    self._add_benchmarks(run, benchmarks)
+                    points.append({"sweep": sweep["name"], "label": sweep["label"], "param": sweep["param"],
+                                   "value": value, "run": run})
+            self._sweeps[figure] = points
+
+    def _check_run_configs(self) -> None:
+        for name in self.runs:
+            try:
+                parse_config(self.run_config(name), check_paths=False)
+            except ConfigError as err:
+                run = self.runs[name]
+                raise PlanError(f"training (model {run.model!r}, method {run.objective!r}): {err}") from None
+
+    # ------------------------------------------------------------------------------------------ paths
+    def model_dir(self, model: str) -> str:
+        return f"{self.results}/models/{slug(model)}"
+
+    def train_data(self, dataset: str) -> str:
+        return f"{self.results}/data/train/{slug(dataset)}.jsonl"
+
+    def benchmark_data(self, benchmark: str) -> str:
+        return f"{self.results}/data/benchmarks/{benchmark}.jsonl"
+
+    def run_dir(self, run: str) -> str:
+        return f"{self.results}/runs/{run}"
+
+    def eval_metrics(self, run: str, step: int, benchmark: str) -> str:
+        return f"{self.results}/evals/{run}/step-{step:06d}/{benchmark}.metrics.json"
+
+    def base_metrics(self, model: str, benchmark: str) -> str:
+        return f"{self.results}/evals/base/{slug(model)}/{benchmark}.metrics.json"
+
+    def selection(self, run: str) -> str:
+        return f"{self.results}/selected/{run}.json"
+
+    def table_prefix(self, table: str) -> str:
+        return f"{self.results}/tables/{table}/{table}"
+
+    # ------------------------------------------------------------------------------------------ questions
+    def model_command(self, model: str) -> str:
+        """How a model folder comes to be: a Hub download, a tiny model built and warm-started, or SmolLM2."""
+        spec, out = self.models[model], shlex.quote(self.model_dir(model))
+        if spec["source"] == "hub":
+            return f"hf download {shlex.quote(spec['id'])} --local-dir {out}"
+        if spec["source"] == "tiny":
+            return f"conspo build-tiny-model --out {out} {command_args(spec['build'])}"
+        return f"conspo convert-smollm2 --out {out}"
+
+    def evaluate_options(self, model: str, benchmark: str) -> str:
+        s = self.evaluation_settings(model, benchmark)
+        return command_args({"samples": s["samples"], "temperature": s["temperature"], "top_p": s["top_p"],
+                             "max_new_tokens": s["max_new_tokens"], "seed": s["seed"], "engine": s["engine"],
+                             "extraction": s["extraction"]})
+
+    def model_of_slug(self, model_slug: str) -> str:
+        return next(m for m in self.models if slug(m) == model_slug)
+
+    def dataset_of_slug(self, dataset_slug: str) -> str:
+        return next(d for d in self.datasets if slug(d) == dataset_slug)
+
+    def run_config(self, run_name: str) -> dict:
+        """The RUN CONFIG of docs/design.md for one run."""
+        run = self.runs[run_name]
+        model = self.models[run.model]
+        config = {
+            "name": run.name,
+            "seed": self.config["seed"],
+            "model": {"path": self.model_dir(run.model), **model.get("load", {})},
+            "data": {"train": self.train_data(run.dataset)},
+            "method": {"name": run.objective, "params": dict(run.params)},
+        }
+        return {**config, **copy.deepcopy(run.trainer)}
+
+    def n_prompts(self, dataset: str) -> int:
+        return int(self.datasets[dataset]["n_prompts"])
+
+    def checkpoint_steps(self, run_name: str) -> list[int]:
+        cfg = parse_config(self.run_config(run_name), check_paths=False)
+        return checkpoint_steps(cfg, self.n_prompts(self.runs[run_name].dataset))
+
+    def run_benchmarks(self, run_name: str) -> list[str]:
+        """Benchmarks a run's checkpoints are evaluated on: the union over the tables and figures it serves."""
+        wanted = self._benchmarks_of_run[run_name]
+        return [b for b in self.benchmarks if b in wanted]
+
+    def base_benchmarks(self, model: str) -> list[str]:
+        wanted = {b for table, spec in self.tables.items() if spec.get("base_model", False)
+                  for block in spec["blocks"] if block["model"] == model for b in spec["benchmarks"]}
+        return [b for b in self.benchmarks if b in wanted]
+
+    def evaluation_settings(self, model: str, benchmark: str) -> dict:
+        """Options of `conspo evaluate` for one model (its max response length) on one benchmark."""
+        settings = deep_merge(self.config["evaluation"], self.models[model].get("evaluation", {}))
+        settings["samples"] = self.benchmarks[benchmark]["samples"]
+        return settings
+
+    def evaluations(self) -> list[str]:
+        return [self.eval_metrics(run, step, bench) for run in self.runs for step in self.checkpoint_steps(run)
+                for bench in self.run_benchmarks(run)]
+
+    def base_evaluations(self) -> list[str]:
+        return [self.base_metrics(model, bench) for model in self.models for bench in self.base_benchmarks(model)]
+
+    def run_evaluations(self, run_name: str) -> list[str]:
+        return [self.eval_metrics(run_name, step, bench) for step in self.checkpoint_steps(run_name)
+                for bench in self.run_benchmarks(run_name)]
+
+    def cells(self, table: str) -> list[dict]:
+        return [dict(cell) for cell in self._cells[table]]
+
+    def table_spec(self, table: str) -> dict:
+        """Everything `conspo tables aggregate` needs for one table: rows, columns and the files filling them."""
+        spec = self.tables[table]
+        cells = []
+        for cell in self._cells[table]:
+            cell = dict(cell)
+            if cell["run"] is None:
+                cell["metrics"] = {b: self.base_metrics(cell["model"], b) for b in spec["benchmarks"]}
+            else:
+                cell["selection"] = self.selection(cell["run"])
+            cells.append(cell)
+        return {"table": table, "number": spec["number"], "title": spec["title"], "benchmarks": spec["benchmarks"],
+                "methods": ([BASE_MODEL] if spec.get("base_model", False) else []) + list(spec["methods"]),
+                "blocks": [dict(b) for b in spec["blocks"]], "reference": spec.get("reference"),
+                "benchmark_labels": {b: self.benchmarks[b].get("label", b) for b in spec["benchmarks"]},
+                "metrics": {b: self.benchmarks[b]["metric"] for b in spec["benchmarks"]}, "cells": cells}
+
+    def table_inputs(self, table: str) -> list[str]:
+        spec = self.table_spec(table)
+        files = []
+        for cell in spec["cells"]:
+            files += list(cell["metrics"].values()) if cell["run"] is None else [cell["selection"]]
+        return files
+
+    def figure_spec(self, figure: str) -> dict:
+        spec = self.figures[figure]
+        points = [dict(p, selection=self.selection(p["run"]), metrics_log=f"{self.run_dir(p['run'])}/metrics.jsonl")
+                  for p in self._sweeps[figure]]
+        out = {"figure": figure, "title": spec.get("title", figure), "model": spec["model"],
+               "dataset": spec["dataset"], "benchmarks": spec.get("benchmarks") or list(self.benchmarks),
+               "points": points}
+        if "method" in spec:
+            method = self.methods[spec["method"]]
+            out["method"] = spec["method"]
+            out["defaults"] = {s["param"]: objective_parameters(method["objective"]).get(s["param"])
+                               for s in spec.get("sweeps", [])} | method.get("params", {})
+        return out
+
+    def figure_inputs(self, figure: str) -> list[str]:
+        spec = self.figure_spec(figure)
+        return sorted({p["selection"] for p in spec["points"]}
+                      | {f"{self.run_dir(p['run'])}/done.json" for p in spec["points"] if "method" in p})
+
+    def spec(self, name: str) -> dict:
+        """The JSON spec of a table or figure, by its config key."""
+        if name in self.tables:
+            return self.table_spec(name)
+        return self.figure_spec(name)
+
+    # ------------------------------------------------------------------------------------------ cluster jobs
+    def resources(self, step: str, model: str, slurm: dict) -> dict:
+        """Snakemake resources of a `train` or `evaluate` job of `model` (config models.<model>.resources.<step>).
+
+        One GPU scheme: `gres` (gpu:N per node). Multi-node jobs carry `mpi` (srun) and one task per node; the
+        rule's command then starts `srun ... accelerate launch` itself. `tasks_per_gpu: 0` keeps the slurm plugin
+        from turning `tasks` into --ntasks-per-gpu. `slurm` holds slurm_partition / slurm_account ('' = unset).
+        """
+        spec = self.models[model]["resources"][step]
+        nodes, gpus = spec["nodes"], spec["gpus_per_node"]
+        return {"nodes": nodes, "tasks": nodes, "tasks_per_gpu": 0, "gres": f"gpu:{gpus}" if gpus else "",
+                "mpi": "srun" if nodes > 1 else "", "cpus_per_task": spec["cpus_per_task"],
+                "mem_mb": spec["mem_mb"], "runtime": spec["runtime"], **slurm}
+
+    def train_command(self, run_name: str, config: str, mpi: str) -> str:
+        """The shell command of one training run: plain, accelerate on one node, or srun + accelerate on several."""
+        spec = self.models[self.runs[run_name].model]["resources"]["train"]
+        nodes, gpus = spec["nodes"], spec["gpus_per_node"]
+        train = f"train --config {shlex.quote(config)} --out {shlex.quote(self.run_dir(run_name))}"
+        if nodes == 1 and gpus <= 1:
+            return f"conspo {train}"
+        if nodes == 1:
+            return f"accelerate launch --multi_gpu --num_machines 1 --num_processes {gpus} --module conspo.cli {train}"
+        launch = (f"accelerate launch --multi_gpu --num_machines {nodes} --num_processes {nodes * gpus} "
+                  '--machine_rank "$SLURM_NODEID" '
+                  '--main_process_ip "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)" '
+                  f"--main_process_port 29500 --module conspo.cli {train}")
+        return f"{mpi} --nodes={nodes} --ntasks-per-node=1 bash -c {shlex.quote(launch)}"
+
+    def summary(self) -> dict:
+        """Job counts of the whole plan (what a dry run of `tables` schedules)."""
+        return {"runs": len(self.runs), "evaluations": len(self.evaluations()),
+                "base_evaluations": len(self.base_evaluations())}
+
+
+def dump_json(data, path: str) -> None:
+    with open(path, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+
+
+def write_yaml(data, path: str) -> None:
+    with open(path, "w") as handle:
+        yaml.safe_dump(data, handle, sort_keys=False)

@@ -1,0 +1,38 @@
+# Training sets, benchmarks and models: normalised JSONL records and checkpoint folders.
+
+
+rule prepare_training_set:
+    output:
+        f"{R}/data/train/{{dataset}}.jsonl",
+    params:
+        options=lambda wildcards: command_args(PLAN.datasets[PLAN.dataset_of_slug(wildcards.dataset)]["prepare"]),
+    log:
+        f"{R}/logs/prepare/train-{{dataset}}.log",
+    localrule: True
+    shell:
+        "conspo prepare-data {params.options} --out {output} > {log} 2>&1"
+
+
+rule prepare_benchmark:
+    output:
+        f"{R}/data/benchmarks/{{benchmark}}.jsonl",
+    params:
+        options=lambda wildcards: command_args(PLAN.benchmarks[wildcards.benchmark]["prepare"]),
+    log:
+        f"{R}/logs/prepare/benchmark-{{benchmark}}.log",
+    localrule: True
+    shell:
+        "conspo prepare-data {params.options} --out {output} > {log} 2>&1"
+
+
+rule prepare_model:
+    # hub: download; tiny: build and warm-start (conspo build-tiny-model); smollm2: convert the PyPI GGUF
+    output:
+        directory(f"{R}/models/{{model}}"),
+    params:
+        command=lambda wildcards: PLAN.model_command(PLAN.model_of_slug(wildcards.model)),
+    log:
+        f"{R}/logs/prepare/model-{{model}}.log",
+    localrule: True
+    shell:
+        "{params.command} > {log} 2>&1"
