@@ -1,0 +1,151 @@
+"""Run config: defaults, bad input failing before any compute with the key named, checkpoint steps, launcher
+command lines and the accelerate config files."""
+
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conspo.distributed import launch_command
+from conspo.objective import available_objectives
+from conspo.runconfig import ConfigError, check_world_size, checkpoint_steps, load_config, parse_config, total_steps
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"id": "a", "problem": "Compute 1+1.", "answer": "2", "source": "s"}\n')
+    return str(model), str(data)
+
+
+def raw(inputs, **sections):
+    model, data = inputs
+    config = {"model": {"path": model}, "data": {"train": data}, "method": {"name": "conspo"},
+              "train": {"prompts_per_step": 4, "micro_batch_size": 8}, "rollout": {"group_size": 4}}
+    for key, value in sections.items():
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+    return config
+
+
+def test_defaults_are_filled_and_the_paper_values_kept(inputs):
+    cfg = parse_config(raw(inputs))
+    assert cfg.rollout.temperature == 1.0 and cfg.train.lr == 2e-6 and cfg.train.epochs == 4
+    assert cfg.method.params == {} and cfg.train.mini_batches_per_step == 1 and cfg.model.trust_remote_code is False
+    assert cfg.rollouts_per_step == 16
+
+
+def test_yaml_file_with_numbers_written_without_a_dot(inputs, tmp_path):
+    path = tmp_path / "run.yaml"
+    text = yaml.safe_dump(raw(inputs)).replace("micro_batch_size: 8", "micro_batch_size: 8\n  lr: 2e-6")
+    path.write_text(text)
+    assert load_config(path).train.lr == 2e-6
+
+
+@pytest.mark.parametrize("mutation,key", [
+    ({"method": {"name": "consop"}}, "method.name"),
+    ({"method": {"name": "conspo", "params": {"temperature": 3}}}, "method.params"),
+    ({"method": {"name": "conspo", "params": {"tau": -1.0}}}, "method.params"),
+    ({"model": {"path": "/nonexistent/model"}}, "model.path"),
+    ({"data": {"train": "/nonexistent.jsonl"}}, "data.train"),
+    ({"trian": {"lr": 1.0}}, "trian"),
+    ({"train": {"learning_rate": 1.0}}, "train.learning_rate"),
+    ({"rollout": {"group_size": 0}}, "rollout.group_size"),
+    ({"rollout": {"engine": "sglang"}}, "rollout.engine"),
+    ({"train": {"lr": "fast"}}, "train.lr"),
+    ({"train": {"epochs": 1.5}}, "train.epochs"),
+    ({"model": {"trust_remote_code": "yes"}}, "model.trust_remote_code"),
+    ({"train": {"rollouts_per_step": 18}}, "train.rollouts_per_step"),  # not a multiple of G=4
+    ({"train": {"rollouts_per_step": 20}}, "train.rollouts_per_step"),  # a multiple of G, != prompts * G
+    ({"train": {"mini_batches_per_step": 3}}, "train.mini_batches_per_step"),  # 4 prompts into 3 mini-batches
+    ({"train": {"micro_batch_size": 3}}, "train.micro_batch_size"),  # 16 rollouts into micro-batches of 3
+    ({"rollout": {"prompts_per_generation": 3}}, "rollout.prompts_per_generation"),
+    ({"overlong_shaping": {"enabled": True, "buffer": 9000}}, "overlong_shaping.buffer"),
+])
+def test_bad_input_fails_naming_the_key(inputs, mutation, key):
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw(inputs, **mutation))
+    assert str(err.value).startswith(key), str(err.value)
+
+
+def test_missing_required_keys_are_named(inputs):
+    config = raw(inputs)
+    del config["model"]["path"]
+    with pytest.raises(ConfigError, match=r"^model\.path: required"):
+        parse_config(config)
+
+
+def test_world_size_must_keep_groups_and_micro_batches_whole(inputs):
+    cfg = parse_config(raw(inputs, train={"prompts_per_step": 6, "micro_batch_size": 4}))
+    check_world_size(cfg, 2)  # 3 prompts x 4 rollouts per rank, micro-batches of 4
+    with pytest.raises(ConfigError, match=r"^train\.prompts_per_step"):
+        check_world_size(cfg, 4)
+    cfg = parse_config(raw(inputs, train={"prompts_per_step": 6, "micro_batch_size": 8}))
+    with pytest.raises(ConfigError, match=r"^train\.micro_batch_size"):
+        check_world_size(cfg, 2)  # 12 rollouts per rank do not split into micro-batches of 8
+
+
+def test_every_registered_method_parses(inputs):
+    for name in available_objectives():
+        assert parse_config(raw(inputs, method={"name": name})).method.name == name
+
+
+def test_checkpoint_steps(inputs):
+    cfg = parse_config(raw(inputs, train={"checkpoint_every": 3, "epochs": 2}))
+    assert total_steps(cfg, 9) == 6  # 2 epochs x ceil(9 / 4)
+    assert checkpoint_steps(cfg, 9) == [3, 6]
+    assert checkpoint_steps(cfg, 10) == [3, 6]
+    cfg = parse_config(raw(inputs, train={"checkpoint_every": 4, "epochs": 2}))
+    assert checkpoint_steps(cfg, 9) == [4, 6]  # the last step is always saved
+    cfg = parse_config(raw(inputs, train={"checkpoint_every": 100, "total_steps": 5}))
+    assert checkpoint_steps(cfg, 1000) == [5]
+
+
+def test_paths_may_be_unchecked_for_planning(inputs):
+    cfg = parse_config(raw(inputs, model={"path": "results/models/x"}), check_paths=False)
+    assert cfg.model.path == "results/models/x"
+
+
+# ------------------------------------------------------------------------------------------------ launcher
+
+
+def test_single_node_command():
+    command = launch_command(config="run.yaml", out="results/runs/a", nodes=1, gpus_per_node=8)
+    assert command == ("srun --nodes 1 --ntasks 1 accelerate launch --config_file config/accelerate/fsdp_8gpu.yaml "
+                       "--num_processes 8 -m conspo.cli train --config run.yaml --out results/runs/a")
+
+
+def test_four_node_command_reads_the_machine_rank_on_each_node():
+    command = launch_command(config="run.yaml", out="out dir", nodes=4, gpus_per_node=8, max_steps=10)
+    head, inner = command.split(" bash -c ")
+    assert head.startswith('MAIN_HOST=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1) srun --nodes 4 '
+                           "--ntasks-per-node 1")
+    words = shlex.split(shlex.split(inner)[0])
+    assert words[:4] == ["accelerate", "launch", "--config_file", "config/accelerate/fsdp_4x8gpu.yaml"]
+    flags = dict(zip(words[4::2], words[5::2]))
+    assert flags["--num_processes"] == "32" and flags["--num_machines"] == "4"
+    assert flags["--machine_rank"] == "$SLURM_NODEID" and flags["--main_process_ip"] == "$MAIN_HOST"
+    assert words[-9:] == ["-m", "conspo.cli", "train", "--config", "run.yaml", "--out", "out dir", "--max-steps", "10"]
+
+
+def test_cpu_command_and_bad_layouts():
+    assert launch_command(config="c.yaml", out="o", gpus_per_node=0, use_srun=False) == (
+        "accelerate launch --config_file config/accelerate/cpu_2proc.yaml --num_processes 2 --cpu "
+        "-m conspo.cli train --config c.yaml --out o")
+    with pytest.raises(ValueError):
+        launch_command(config="c.yaml", out="o", nodes=2, gpus_per_node=0)
+    with pytest.raises(ValueError):
+        launch_command(config="c.yaml", out="o", nodes=0)
+
+
+@pytest.mark.parametrize("name,kind,processes,machines", [
+    ("fsdp_8gpu", "FSDP", 8, 1), ("fsdp_4x8gpu", "FSDP", 32, 4), ("cpu_2proc", "MULTI_CPU", 2, 1)])
+def test_accelerate_configs_parse(name, kind, processes, machines):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(Path(__file__).parent.parent / "config" / "accelerate" / f"{name}.yaml"))
+    assert config.distributed_type.value == kind
+    assert (config.num_processes, config.num_machines) == (processes, machines)
