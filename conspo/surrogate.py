@@ -82,7 +82,7 @@ class TokenSurrogate(GroupRelative):
     def loss(self, terms: Tensor, info: SequenceInfo, progress: float) -> tuple[Tensor, dict[str, float]]:
         policy = aggregate_token_sums(terms[:, 0], info.lengths, self.aggregation, self.aggregation_constant)
         kl = aggregate_token_sums(terms[:, 1], info.lengths, self.aggregation, self.aggregation_constant)
-        return policy + self.kl_coef * kl, {"policy_loss": float(policy), "kl": float(kl)}
+        return policy + self.kl_coef * kl, {"policy_loss": float(policy.detach()), "kl": float(kl.detach())}
 
 
 def clip_fraction(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor, low: float, high: float) -> float:
