@@ -25,9 +25,6 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from math_verify import LatexExtractionConfig, parse, verify
-from math_verify.errors import TimeoutException
-
 logger = logging.getLogger(__name__)
 
 EXTRACTIONS = ("boxed", "last")
@@ -96,6 +93,8 @@ def normalise_olympiad_answer(final_answer: list[str] | str) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _parsed_gold(gold: str, parse_timeout: int):
+    from math_verify import LatexExtractionConfig, parse
+
     return parse(BOX_OPENING + gold + "}", extraction_config=[LatexExtractionConfig()],
                  parsing_timeout=parse_timeout, raise_on_error=True)
 
@@ -103,6 +102,10 @@ def _parsed_gold(gold: str, parse_timeout: int):
 def judge(response: str, gold: str, extraction: str, parse_timeout: int = 5) -> tuple[bool, str | None, bool]:
     """(correct, extracted, timed_out) for one response, in this process (math-verify's timeouts need the main
     thread). Workers run this; so does the serial baseline of the benchmark."""
+    # imported here so that importing this module (data loading, the trainer) does not pay for sympy
+    from math_verify import LatexExtractionConfig, parse, verify
+    from math_verify.errors import TimeoutException
+
     if extraction not in EXTRACTIONS:
         raise ValueError(f"unknown extraction policy {extraction!r}; policies: {', '.join(EXTRACTIONS)}")
     if is_truncated(response):
@@ -130,9 +133,16 @@ def judge(response: str, gold: str, extraction: str, parse_timeout: int = 5) -> 
         return False, extracted, False
 
 
-def _worker_loop(connection, extraction: str, parse_timeout: int, memory_limit_bytes: int | None) -> None:
-    if memory_limit_bytes is not None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+def _address_space_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[0]) * resource.getpagesize()
+
+
+def _worker_loop(connection, extraction: str, parse_timeout: int, memory_headroom_bytes: int | None) -> None:
+    if memory_headroom_bytes is not None:
+        # headroom over what is already mapped (the forkserver may hold torch, with gigabytes of CUDA mappings)
+        limit = _address_space_bytes() + memory_headroom_bytes
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     for response, gold in WARM_UP:  # pay math-verify's first-call costs before any answer is on the clock
         judge(response, gold, extraction, parse_timeout)
     connection.send("ready")
@@ -150,10 +160,10 @@ def _worker_loop(connection, extraction: str, parse_timeout: int, memory_limit_b
 class _Worker:
     """One verification process, its pipe, and the task it is busy with (if any)."""
 
-    def __init__(self, context, extraction: str, parse_timeout: int, memory_limit_bytes: int | None):
+    def __init__(self, context, extraction: str, parse_timeout: int, memory_headroom_bytes: int | None):
         self.connection, child_end = context.Pipe()
         self.process = context.Process(target=_worker_loop, daemon=True, name="conspo-verifier",
-                                       args=(child_end, extraction, parse_timeout, memory_limit_bytes))
+                                       args=(child_end, extraction, parse_timeout, memory_headroom_bytes))
         self.process.start()
         child_end.close()
         if not self._came_up():
@@ -194,12 +204,12 @@ class Verifier:
     """Checks responses against golds with math-verify on `workers` processes (default: one per usable core).
 
     `timeout` (seconds) is the hard limit for one response; `cache_size` (entries) bounds the cache of decided
-    (answer, gold) pairs; `memory_limit_gb` caps each worker's address space so a runaway expression fails with a
-    MemoryError instead of exhausting the machine. Counters: `checked`, `cache_hits`, `timeouts`, `restarts`.
+    (answer, gold) pairs; `memory_headroom_gb` caps how far each worker's address space may grow, so a runaway
+    expression fails with a MemoryError instead of exhausting the machine. Counters: `checked`, `cache_hits`, `timeouts`, `restarts`.
     """
 
     def __init__(self, extraction: str = "boxed", timeout: float = 5.0, workers: int | None = None,
-                 cache_size: int = 65536, memory_limit_gb: float | None = 4.0):
+                 cache_size: int = 65536, memory_headroom_gb: float | None = 4.0):
         if extraction not in EXTRACTIONS:
             raise ValueError(f"unknown extraction policy {extraction!r}; policies: {', '.join(EXTRACTIONS)}")
         if timeout <= 0:
@@ -213,7 +223,7 @@ class Verifier:
         # math-verify's own alarms let a worker give up on slow parses without being killed; the outer limit
         # (`timeout`) still bounds everything.
         self._parse_timeout = max(1, int(self.timeout / 2))
-        self._memory_limit_bytes = None if memory_limit_gb is None else int(memory_limit_gb * 2**30)
+        self._memory_headroom_bytes = None if memory_headroom_gb is None else int(memory_headroom_gb * 2**30)
         self._context = multiprocessing.get_context("forkserver")
         self._pool: list[_Worker] = []
         self._cache: OrderedDict[bytes, tuple[bool, str | None]] = OrderedDict()
@@ -232,11 +242,11 @@ class Verifier:
         self._pool = []
 
     def _new_worker(self) -> _Worker:
-        return _Worker(self._context, self.extraction, self._parse_timeout, self._memory_limit_bytes)
+        return _Worker(self._context, self.extraction, self._parse_timeout, self._memory_headroom_bytes)
 
     def _start(self) -> None:
         if not self._pool:
-            self._context.set_forkserver_preload(["__main__", __name__])
+            self._context.set_forkserver_preload(["__main__", "math_verify", __name__])
             self._pool = [self._new_worker() for _ in range(self.workers)]
 
     def _answer_text(self, response: str) -> str | None:
