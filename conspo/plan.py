@@ -382,6 +382,8 @@ class Plan:
         out = {"figure": figure, "title": spec.get("title", figure), "model": spec["model"],
                "dataset": spec["dataset"], "benchmarks": spec.get("benchmarks") or list(self.benchmarks),
                "points": points}
+        if spec.get("methods"):
+            out["tau"] = self.runs[points[-1]["run"]].params.get("tau", 10.0)
         if "method" in spec:
             method = self.methods[spec["method"]]
             out["method"] = spec["method"]
@@ -391,8 +393,8 @@ class Plan:
 
     def figure_inputs(self, figure: str) -> list[str]:
         spec = self.figure_spec(figure)
-        return sorted({p["selection"] for p in spec["points"]}
-                      | {f"{self.run_dir(p['run'])}/done.json" for p in spec["points"] if "method" in p})
+        return sorted({f"{self.run_dir(p['run'])}/done.json" if "method" in p else p["selection"]
+                       for p in spec["points"]})
 
     def spec(self, name: str) -> dict:
         """The JSON spec of a table or figure, by its config key."""
@@ -435,12 +437,22 @@ class Plan:
                 "base_evaluations": len(self.base_evaluations())}
 
 
-def dump_json(data, path: str) -> None:
+def _note(log: str | None, path: str) -> None:
+    if log is not None:
+        with open(log, "w") as handle:
+            handle.write(f"wrote {path}\n")
+
+
+def dump_json(data, path: str, log: str | None = None) -> None:
+    """Write a spec as JSON (and, from a workflow rule, a line in its log)."""
     with open(path, "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.write("\n")
+    _note(log, path)
 
 
-def write_yaml(data, path: str) -> None:
+def write_yaml(data, path: str, log: str | None = None) -> None:
+    """Write a run config as YAML (and, from a workflow rule, a line in its log)."""
     with open(path, "w") as handle:
         yaml.safe_dump(data, handle, sort_keys=False)
+    _note(log, path)

@@ -12,6 +12,8 @@ SLURM = {
     "slurm_partition": os.environ.get("CONSPO_SLURM_PARTITION", ""),
     "slurm_account": os.environ.get("CONSPO_SLURM_ACCOUNT", ""),
 }
+# Cluster users: `conda env create -f environment.yml`, then `--sdm conda` activates this named environment.
+CONDA_ENV = "conspo"
 JOB_RESOURCES = ("nodes", "tasks", "tasks_per_gpu", "gres", "mpi", "cpus_per_task", "mem_mb", "runtime",
                  "slurm_partition", "slurm_account")
 
@@ -31,6 +33,10 @@ wildcard_constraints:
 
 def model_of_run(wildcards):
     return PLAN.runs[wildcards.run].model
+
+
+def model_of_slug(wildcards):
+    return PLAN.model_of_slug(wildcards.model)
 
 
 def job_resources(step, model_of):

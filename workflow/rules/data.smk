@@ -9,6 +9,8 @@ rule prepare_training_set:
     log:
         f"{R}/logs/prepare/train-{{dataset}}.log",
     localrule: True
+    conda:
+        CONDA_ENV
     shell:
         "conspo prepare-data {params.options} --out {output} > {log} 2>&1"
 
@@ -21,6 +23,8 @@ rule prepare_benchmark:
     log:
         f"{R}/logs/prepare/benchmark-{{benchmark}}.log",
     localrule: True
+    conda:
+        CONDA_ENV
     shell:
         "conspo prepare-data {params.options} --out {output} > {log} 2>&1"
 
@@ -34,5 +38,7 @@ rule prepare_model:
     log:
         f"{R}/logs/prepare/model-{{model}}.log",
     localrule: True
+    conda:
+        CONDA_ENV
     shell:
         "{params.command} > {log} 2>&1"

@@ -17,13 +17,11 @@ rule evaluate_checkpoint:
     threads: job_threads("evaluate", model_of_run)
     resources:
         **job_resources("evaluate", model_of_run),
+    conda:
+        CONDA_ENV
     shell:
         "conspo evaluate --model {params.checkpoint} --benchmark {wildcards.benchmark} --data {input.data}"
         " {params.options} --out {params.out} > {log} 2>&1"
-
-
-def model_of_slug(wildcards):
-    return PLAN.model_of_slug(wildcards.model)
 
 
 rule evaluate_base_model:
@@ -41,6 +39,8 @@ rule evaluate_base_model:
     threads: job_threads("evaluate", model_of_slug)
     resources:
         **job_resources("evaluate", model_of_slug),
+    conda:
+        CONDA_ENV
     shell:
         "conspo evaluate --model {input.model} --benchmark {wildcards.benchmark} --data {input.data}"
         " {params.options} --out {params.out} > {log} 2>&1"

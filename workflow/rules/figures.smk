@@ -16,6 +16,8 @@ rule draw_figure1:
     log:
         f"{R}/logs/figures/figure1.log",
     localrule: True
+    conda:
+        CONDA_ENV
     shell:
         "conspo figures figure1 --spec {input.spec} --out {output} > {log} 2>&1"
 
@@ -34,6 +36,8 @@ rule draw_figure2:
     log:
         f"{R}/logs/figures/figure2.log",
     localrule: True
+    conda:
+        CONDA_ENV
     shell:
         "conspo figures figure2 --spec {input.spec} --out {output} > {log} 2>&1"
 
@@ -53,5 +57,7 @@ rule training_curves:
     log:
         f"{R}/logs/figures/curves-{{run}}.log",
     localrule: True
+    conda:
+        CONDA_ENV
     shell:
         "conspo figures curves --metrics {params.log_file} --title {wildcards.run} --out {output} > {log} 2>&1"

@@ -9,5 +9,7 @@ rule select_checkpoint:
     log:
         f"{R}/logs/select/{{run}}.log",
     localrule: True
+    conda:
+        CONDA_ENV
     shell:
         "conspo select --run {wildcards.run} --metrics {input} --out {output} > {log} 2>&1"

@@ -6,9 +6,11 @@ rule write_spec:
         f"{R}/specs/{{spec}}.json",
     params:
         spec=lambda wildcards: PLAN.spec(wildcards.spec),
+    log:
+        f"{R}/logs/specs/{{spec}}.log",
     localrule: True
     run:
-        dump_json(params.spec, output[0])
+        dump_json(params.spec, output[0], log[0])
 
 
 rule aggregate_table:
@@ -21,6 +23,8 @@ rule aggregate_table:
     log:
         f"{R}/logs/tables/{{table}}-aggregate.log",
     localrule: True
+    conda:
+        CONDA_ENV
     shell:
         "conspo tables aggregate --spec {input.spec} --cells {output.cells} --paired {output.paired} > {log} 2>&1"
 
@@ -53,6 +57,8 @@ rule render_table:
     log:
         f"{R}/logs/tables/{{table}}-render.log",
     localrule: True
+    conda:
+        CONDA_ENV
     shell:
         "conspo tables render --spec {input.spec} --cells {input.cells} --paired {input.paired}"
         " --published {input.published} --out-prefix {params.prefix} > {log} 2>&1"

@@ -6,9 +6,11 @@ rule write_run_config:
         f"{R}/runs/{{run}}/run.yaml",
     params:
         config=lambda wildcards: PLAN.run_config(wildcards.run),
+    log:
+        f"{R}/logs/runs/{{run}}-config.log",
     localrule: True
     run:
-        write_yaml(params.config, output[0])
+        write_yaml(params.config, output[0], log[0])
 
 
 rule train:
@@ -26,5 +28,7 @@ rule train:
     threads: job_threads("train", model_of_run)
     resources:
         **job_resources("train", model_of_run),
+    conda:
+        CONDA_ENV
     shell:
         "{params.command} > {log} 2>&1"

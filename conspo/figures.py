@@ -1,0 +1,188 @@
+"""`conspo figures`: Figure 1, Figure 2 and the training curves of a run (matplotlib, Agg backend).
+
+    conspo figures figure1 --spec specs/figure1.json --out figures/figure1.png
+    conspo figures figure2 --spec specs/figure2.json --out figures/figure2.png
+    conspo figures curves --metrics runs/RUN/metrics.jsonl --title RUN --out figures/curves/RUN.png
+
+Figure 1, left: the per-rollout gradient coefficients dJ/ds_i of one group against the score gap between its
+positive and negative rollouts. ConSPO's come from autograd through the shared core (`conspo_group_objective`,
+Eq. 15); GRPO's are A_i / G from its group advantages (`group_advantages`; Proposition 1: the clipped surrogate is
+sqrt(p(1-p)) (mean_pos s+ - mean_neg s-), whose coefficients are A_i / G). Right: the training reward of the two runs
+(their metrics.jsonl). Figure 2: the average score over the benchmarks at each run's best checkpoint against the
+swept value, one panel per sweep, error bars one standard error. Every PNG carries the plotted data as JSON in its
+"conspo-data" text chunk, so what a figure shows can be checked without reading pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .losses import conspo_group_objective, group_advantages  # noqa: E402
+
+DATA_KEY = "conspo-data"
+CURVES = (("reward", "mean reward"), ("response_length", "mean response length (tokens)"),
+          ("pass_rate", "fraction of correct rollouts"))
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def save(fig, data: dict, path: str) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight", metadata={DATA_KEY: json.dumps(data)})
+    plt.close(fig)
+
+
+def read_data(path: str) -> dict:
+    """The plotted data stored in a PNG written by this module."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return json.loads(image.text[DATA_KEY])
+
+
+# ---------------------------------------------------------------------------------------------- Figure 1
+
+
+def gradient_coefficients(gaps: list[float], *, n_pos: int, n_neg: int, tau: float, margin: float = 0.0,
+                          negative_score: float = 0.0) -> dict[str, list[float]]:
+    """dJ/ds of one positive and one negative rollout of a group of n_pos positives (score negative_score + gap)
+    and n_neg negatives (score negative_score), for ConSPO (autograd through Eq. 15) and GRPO (A_i / G)."""
+    correct = torch.tensor([True] * n_pos + [False] * n_neg)
+    group_ids = torch.zeros(n_pos + n_neg, dtype=torch.long)
+    conspo_pos, conspo_neg = [], []
+    for gap in gaps:
+        scores = torch.tensor([negative_score + gap] * n_pos + [negative_score] * n_neg, dtype=torch.float64,
+                              requires_grad=True)
+        conspo_group_objective(scores, correct, group_ids, tau, margin).sum().backward()
+        conspo_pos.append(float(scores.grad[0]))
+        conspo_neg.append(float(scores.grad[n_pos]))
+    advantages = group_advantages(correct.float(), group_ids, "population")
+    size = n_pos + n_neg
+    grpo_pos, grpo_neg = float(advantages[0]) / size, float(advantages[n_pos]) / size
+    return {"gap": list(gaps), "conspo_positive": conspo_pos, "conspo_negative": conspo_neg,
+            "grpo_positive": [grpo_pos] * len(gaps), "grpo_negative": [grpo_neg] * len(gaps)}
+
+
+def reward_curve(metrics_log: str) -> dict[str, list[float]]:
+    records = read_jsonl(metrics_log)
+    return {"step": [r["step"] for r in records], "reward": [r["reward"] for r in records]}
+
+
+def draw_figure1(spec: dict, *, n_pos: int = 4, n_neg: int = 4):
+    grpo, conspo = spec["points"]
+    tau = float(spec.get("tau", 10.0))
+    span = 4 * tau
+    gaps = [-span + 2 * span * i / 80 for i in range(81)]
+    coefficients = gradient_coefficients(gaps, n_pos=n_pos, n_neg=n_neg, tau=tau)
+    curves = {p["method"]: reward_curve(p["metrics_log"]) for p in (grpo, conspo)}
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.plot(gaps, coefficients["conspo_positive"], color="C3", label=f"{conspo['method']}: positive")
+    left.plot(gaps, coefficients["conspo_negative"], color="C3", linestyle="--", label=f"{conspo['method']}: negative")
+    left.plot(gaps, coefficients["grpo_positive"], color="C0", label=f"{grpo['method']}: positive")
+    left.plot(gaps, coefficients["grpo_negative"], color="C0", linestyle="--", label=f"{grpo['method']}: negative")
+    left.axhline(0.0, color="0.7", linewidth=0.8)
+    left.set_xlabel("score gap s⁺ − s⁻")
+    left.set_ylabel("gradient coefficient ∂J/∂sᵢ")
+    left.set_title(f"Per-rollout coefficients (G = {n_pos + n_neg}, N⁺ = {n_pos}, τ = {tau:g})")
+    left.legend(fontsize=8)
+    for point, color in ((grpo, "C0"), (conspo, "C3")):
+        curve = curves[point["method"]]
+        right.plot(curve["step"], curve["reward"], color=color, label=point["method"])
+    right.set_xlabel("training step")
+    right.set_ylabel("training reward")
+    right.set_title(f"Training reward ({spec['model']}, {spec['dataset']})")
+    right.legend(fontsize=8)
+    fig.suptitle(spec["title"])
+    return fig, {"coefficients": coefficients, "rewards": curves, "tau": tau, "n_pos": n_pos, "n_neg": n_neg}
+
+
+# ---------------------------------------------------------------------------------------------- Figure 2
+
+
+def average_score(selection: dict, benchmarks: list[str]) -> tuple[float, float]:
+    """Mean over benchmarks at the best checkpoint and its standard error (sqrt(sum se^2) / n)."""
+    best = selection["best"]["benchmarks"]
+    values = [best[b]["value"] for b in benchmarks]
+    errors = [best[b]["se_problems"] for b in benchmarks]
+    return sum(values) / len(values), math.sqrt(sum(e * e for e in errors)) / len(errors)
+
+
+def draw_figure2(spec: dict):
+    sweeps: dict[str, list[dict]] = {}
+    for point in spec["points"]:
+        sweeps.setdefault(point["sweep"], []).append(point)
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(4 * len(sweeps), 3.6), squeeze=False)
+    data = {}
+    for ax, (name, points) in zip(axes[0], sweeps.items()):
+        points = sorted(points, key=lambda p: p["value"])
+        scores = [average_score(json.loads(Path(p["selection"]).read_text()), spec["benchmarks"]) for p in points]
+        x = list(range(len(points)))
+        ax.errorbar(x, [s[0] for s in scores], yerr=[s[1] for s in scores], marker="o", capsize=3, color="C3")
+        default = spec.get("defaults", {}).get(points[0]["param"])
+        for i, p in enumerate(points):
+            if default is not None and math.isclose(p["value"], default):
+                ax.plot([i], [scores[i][0]], marker="*", markersize=13, color="C1", zorder=3)
+        ax.set_xticks(x, [f"{p['value']:g}" for p in points])
+        ax.set_xlabel(points[0]["label"])
+        ax.set_ylabel("average score (%)")
+        ax.set_title(f"{points[0]['label']} ({points[0]['param']})")
+        data[name] = {"param": points[0]["param"], "values": [p["value"] for p in points],
+                      "mean": [s[0] for s in scores], "se": [s[1] for s in scores],
+                      "runs": [p["run"] for p in points]}
+    fig.suptitle(spec["title"])
+    fig.tight_layout()
+    return fig, {"panels": data, "benchmarks": spec["benchmarks"]}
+
+
+# ---------------------------------------------------------------------------------------------- training curves
+
+
+def draw_curves(metrics_log: str, title: str):
+    records = read_jsonl(metrics_log)
+    steps = [r["step"] for r in records]
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(12, 3.3))
+    data = {"step": steps}
+    for ax, (key, label) in zip(axes, CURVES):
+        values = [r[key] for r in records]
+        ax.plot(steps, values, marker="." if len(steps) < 30 else None)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(label)
+        data[key] = values
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig, data
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="conspo figures", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="figure", required=True)
+    for name in ("figure1", "figure2"):
+        one = sub.add_parser(name)
+        one.add_argument("--spec", required=True)
+        one.add_argument("--out", required=True)
+    curves = sub.add_parser("curves", help="reward, response length and pass rate of one run")
+    curves.add_argument("--metrics", required=True, help="the run's metrics.jsonl")
+    curves.add_argument("--title", required=True)
+    curves.add_argument("--out", required=True)
+    args = parser.parse_args(argv[1:])
+    if args.figure == "curves":
+        fig, data = draw_curves(args.metrics, args.title)
+    else:
+        spec = json.loads(Path(args.spec).read_text())
+        fig, data = (draw_figure1 if args.figure == "figure1" else draw_figure2)(spec)
+    save(fig, data, args.out)
+    print(args.out)
+    return 0

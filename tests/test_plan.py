@@ -1,0 +1,155 @@
+"""conspo.plan on the real configs: which runs exist, which are shared, checkpoints, resources, bad configs."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from conspo.plan import BASE_MODEL, Plan, PlanError
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+R15 = "deepseek-r1-distill-qwen-1.5b--deepscaler-preview"
+
+
+def load_config(name: str) -> dict:
+    return yaml.safe_load((ROOT / "config" / name).read_text())
+
+
+def make_plan(config: dict) -> Plan:
+    config = copy.deepcopy(config)
+    validate(config, SCHEMA)
+    return Plan.from_config(config)
+
+
+@pytest.fixture(scope="module")
+def paper() -> Plan:
+    return make_plan(load_config("paper.yaml"))
+
+
+def test_paper_grid_has_48_distinct_runs(paper):
+    assert len(paper.runs) == 48
+    per_model = {}
+    for run in paper.runs.values():
+        per_model[(run.model, run.dataset)] = per_model.get((run.model, run.dataset), 0) + 1
+    # Table 1 (8) + Table 6 ablations (4) + Figure 2 (4 tau + 3 M + 4 alpha) on 1.5B; 5 methods elsewhere
+    assert per_model == {("DeepSeek-R1-Distill-Qwen-1.5B", "DeepScaleR-Preview"): 23,
+                         ("DeepSeek-R1-Distill-Qwen-7B", "DeepScaleR-Preview"): 5,
+                         ("DeepSeek-R1-Distill-Llama-8B", "DeepScaleR-Preview"): 5,
+                         ("Qwen3-4B-Base", "DeepScaleR-Preview"): 5,
+                         ("Llama-3.2-3B-Instruct", "DeepScaleR-Preview"): 5,
+                         ("DeepSeek-R1-Distill-Qwen-1.5B", "DAPO-Math-17k"): 5}
+
+
+def test_identical_runs_are_one_job(paper):
+    default = paper.runs[f"{R15}--conspo"]
+    assert "table1:ConSPO" in default.serves and "table6:ConSPO" in default.serves
+    assert {"figure2:tau=10", "figure2:M=0.01", "figure2:alpha=0.3"} <= set(default.serves)
+    no_margin = paper.runs[f"{R15}--conspo-no-margin"]
+    assert no_margin.serves == ["table6:w/o scheduled margin", "figure2:M=0"]
+    assert no_margin.params["margin_max"] == 0.0 and no_margin.params["margin_warmup"] == 0.3
+    sweep = paper.figure_spec("figure2")["points"]
+    assert len(sweep) == 15 and len({p["run"] for p in sweep}) == 13  # 15 points, 2 of them shared with Table 6/1
+
+
+def test_checkpoints_and_evaluations(paper):
+    assert paper.checkpoint_steps(f"{R15}--conspo") == [100, 200, 300, 400, 500, 600, 632]  # 4 x ceil(40309/256)
+    assert paper.checkpoint_steps("qwen3-4b-base--deepscaler-preview--grpo") == [100, 200, 300, 316]  # 2 epochs
+    assert paper.checkpoint_steps("deepseek-r1-distill-qwen-1.5b--dapo-math-17k--grpo") == [100, 200, 280]
+    assert paper.run_benchmarks("llama-3.2-3b-instruct--deepscaler-preview--grpo") == [
+        "AIME24", "MATH500", "AMC", "OlympiadBench"]
+    # 23 runs x 7 ckpts x 7 + 2 x 5 x 7 x 7 + 5 x 4 x 7 (Qwen3-4B) + 5 x 7 x 4 (Llama, Table 4) + 5 x 3 x 7 (DAPO)
+    assert paper.summary() == {"runs": 48, "evaluations": 2002, "base_evaluations": 32}
+    assert paper.base_benchmarks("Llama-3.2-3B-Instruct") == ["AIME24", "MATH500", "AMC", "OlympiadBench"]
+
+
+def test_table_cells_match_the_published_tables(paper):
+    import pandas as pd
+
+    published = pd.read_csv(ROOT / "config" / "published_tables.csv")
+    for table, spec in paper.tables.items():
+        cells = paper.cells(table)
+        ours = {(c["model"], c["dataset"], c["method"]) for c in cells}
+        theirs = published[published["table"] == spec["number"]]
+        assert ours == set(zip(theirs["model"], theirs["dataset"], theirs["method"])), table
+        assert set(spec["benchmarks"]) | {"Avg"} == set(theirs["benchmark"]), table
+        assert all((c["run"] is None) == (c["method"] == BASE_MODEL) for c in cells)
+
+
+def test_run_configs_follow_tables_7_and_8(paper):
+    cfg = paper.run_config(f"{R15}--conspo")
+    assert cfg["method"] == {"name": "conspo", "params": {"tau": 10.0, "margin_max": 0.01, "margin_warmup": 0.3,
+                                                          "margin_schedule": "cosine", "score": "likelihood",
+                                                          "contrastive": True, "clip_eps": 0.2}}
+    assert cfg["rollout"]["group_size"] == 8 and cfg["rollout"]["temperature"] == 1.0
+    assert cfg["rollout"]["max_new_tokens"] == 8192 and cfg["rollout"]["max_prompt_tokens"] == 1024
+    assert cfg["train"]["lr"] == 2e-6 and cfg["train"]["prompts_per_step"] == 256 and cfg["train"]["epochs"] == 4
+    assert cfg["train"]["checkpoint_every"] == 100
+    qwen3 = paper.run_config("qwen3-4b-base--deepscaler-preview--dr-grpo")
+    assert qwen3["train"]["epochs"] == 2 and qwen3["rollout"]["max_new_tokens"] == 4096
+    assert qwen3["method"]["params"]["aggregation_constant"] == 4096  # Dr. GRPO divides by the max length
+    dapo = paper.run_config(f"{R15}--dapo")
+    assert dapo["dynamic_sampling"]["enabled"] and dapo["overlong_shaping"]["enabled"]
+    options = paper.evaluate_options("Llama-3.2-3B-Instruct", "AIME24")
+    assert "--samples 32" in options and "--temperature 0.6" in options and "--top-p 0.95" in options
+    assert "--max-new-tokens 4096" in options
+    assert "--samples 1" in paper.evaluate_options("DeepSeek-R1-Distill-Qwen-7B", "MATH500")
+
+
+def test_cluster_resources_per_model_size(paper):
+    slurm = {"slurm_partition": "gpu", "slurm_account": "lab"}
+    small = paper.resources("train", "DeepSeek-R1-Distill-Qwen-1.5B", slurm)
+    assert small["nodes"] == 1 and small["gres"] == "gpu:8" and small["mpi"] == "" and small["tasks_per_gpu"] == 0
+    assert small["slurm_partition"] == "gpu" and small["slurm_account"] == "lab"
+    large = paper.resources("train", "DeepSeek-R1-Distill-Llama-8B", slurm)
+    assert large["nodes"] == 4 and large["tasks"] == 4 and large["gres"] == "gpu:8" and large["mpi"] == "srun"
+    assert paper.resources("evaluate", "DeepSeek-R1-Distill-Llama-8B", slurm)["gres"] == "gpu:1"
+    one_node = paper.train_command(f"{R15}--conspo", "run.yaml", "")
+    assert one_node.startswith("accelerate launch --multi_gpu --num_machines 1 --num_processes 8 --module conspo.cli")
+    multi = paper.train_command("deepseek-r1-distill-qwen-7b--deepscaler-preview--conspo", "run.yaml", "srun")
+    assert multi.startswith("srun --nodes=4 --ntasks-per-node=1 bash -c ")
+    assert "--num_machines 4 --num_processes 32" in multi and "$SLURM_NODEID" in multi
+
+
+def test_tiny_config_exercises_every_table_and_figure():
+    tiny = make_plan(load_config("tiny.yaml"))
+    assert set(tiny.tables) == {f"table{i}" for i in range(1, 7)} and set(tiny.figures) == {"figure1", "figure2"}
+    assert all(m["source"] == "tiny" for m in tiny.models.values())
+    assert len(tiny.runs) == 9
+    assert tiny.config["evaluation"]["engine"] == "transformers"
+    assert tiny.model_command("tiny-a").startswith("conspo build-tiny-model --out results/models/tiny-a --seed 0")
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda c: c["methods"].__setitem__("Magic", {"objective": "magic_po"}), "methods.Magic.objective"),
+    (lambda c: c["tables"]["table1"]["blocks"][0].__setitem__("model", "GPT-9"), "tables.table1.blocks[0].model"),
+    (lambda c: c["tables"]["table4"]["benchmarks"].append("AIME99"), "tables.table4.benchmarks[4]"),
+    (lambda c: c["tables"]["table6"]["methods"].append("w/o everything"), "tables.table6.methods[5]"),
+    (lambda c: c["training"]["train"].__setitem__("lr", "fast"), "train.lr"),
+    (lambda c: c["methods"]["ConSPO"].__setitem__("params", {"temperature": 3}), "methods.ConSPO.params.temperature"),
+    (lambda c: c["benchmarks"]["AIME24"].__setitem__("samples", 16), "benchmarks.AIME24.samples"),
+    (lambda c: c["figures"]["figure2"]["sweeps"][0].__setitem__("param", "tau_x"), "figures.figure2.sweeps[0].param"),
+])
+def test_inconsistent_config_is_rejected_naming_the_key(edit, key):
+    config = load_config("paper.yaml")
+    edit(config)
+    with pytest.raises(PlanError, match=key.replace(".", r"\.").replace("[", r"\[").replace("]", r"\]")):
+        make_plan(config)
+
+
+@pytest.mark.parametrize("edit, key", [
+    (lambda c: c["benchmarks"]["AMC"].__setitem__("samples", "many"), "'samples'"),
+    (lambda c: c["models"]["Qwen3-4B-Base"]["resources"]["train"].__setitem__("nodes", 0), "'nodes'"),
+    (lambda c: c["benchmarks"]["AMC"].__setitem__("metric", "best@3"), "'metric'"),
+    (lambda c: c.__setitem__("tabels", {}), "'tabels'"),
+])
+def test_malformed_value_is_rejected_by_the_schema(edit, key):
+    config = load_config("paper.yaml")
+    edit(config)
+    with pytest.raises(WorkflowError, match=key):
+        make_plan(config)
