@@ -73,7 +73,10 @@ class RolloutContext:
     - `response_logprobs(prompt_ids, prompt_mask, response_ids, response_mask) -> Tensor[n, T]` (no grad)
     - `response_hidden(prompt_ids, prompt_mask, response_ids, response_mask) -> Tensor[n, T, H]` (final-layer hidden
       states of the response tokens; differentiable only if the caller enables grad)
-    - `tokenizer`, the rows' gold `answers` and decoded `responses`, the current `step` and `progress`.
+    - `tokenizer`, the rows' gold `answers` and decoded `responses`, the current `step` (0 on the first optimizer
+      step) and `progress`;
+    - `micro_batch_size`: the most rows `prepare` sends in one call (the trainer passes its train.micro_batch_size),
+      so extra passes over a large step batch stay within the memory of a training micro-batch.
     """
 
     response_logprobs: Callable[..., Tensor]
@@ -83,6 +86,7 @@ class RolloutContext:
     responses: list[str]
     step: int = 0
     progress: float = 0.0
+    micro_batch_size: int = 8
 
 
 # --------------------------------------------------------------------------------------------------- registry
