@@ -1,0 +1,182 @@
+"""Step-time cost of CLIPO and CEPO relative to GRPO on the same tiny rollout batch.
+
+One "step" here is what the method adds to or does inside a trainer step after generation: `objective.prepare`
+(CLIPO: a hidden-state pass and a head update; CEPO: two teacher passes) plus the objective's forward/backward over
+the batch (`accumulate_gradients`). Generation and the optimizer step of the policy are the same for every method
+and are left out. The policy is a tiny character-level Qwen2; the same batch and model serve every method.
+
+    python -m benchmarks.bench_methods [--repeats N] [--device cpu|cuda] [--out benchmarks/records/methods.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import string
+import time
+from pathlib import Path
+
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from conspo.batch import RolloutBatch
+from conspo.objective import RolloutContext, accumulate_gradients, build_objective
+
+RECORD = Path(__file__).parent / "records" / "methods.json"
+METHODS = {  # name -> (registered method, params): shaping and teacher passes switched on from the first step
+    "grpo": ("grpo", {}),
+    "clipo": ("clipo", {"head_warmup_steps": 0}),
+    "cepo": ("cepo", {}),
+}
+
+
+class CharTokenizer:
+    """One token per printable ASCII character; id 0 is padding."""
+
+    alphabet = string.printable[:95]
+    pad_token_id = 0
+    vocab_size = len(alphabet) + 1
+
+    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
+        return [self.alphabet.index(c) + 1 for c in text]
+
+    def decode(self, ids) -> str:
+        return "".join(self.alphabet[i - 1] for i in ids if i > 0)
+
+
+def tiny_policy(tokenizer: CharTokenizer, seed: int = 0, hidden: int = 64, layers: int = 2) -> Qwen2ForCausalLM:
+    torch.manual_seed(seed)
+    config = Qwen2Config(vocab_size=tokenizer.vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                         num_hidden_layers=layers, num_attention_heads=2, num_key_value_heads=2,
+                         max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id)
+    return Qwen2ForCausalLM(config).float()
+
+
+def policy_forward(model, prompt_ids, prompt_mask, response_ids, response_mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probs [n, T] and final-layer hidden states [n, T, H] of the response tokens after a left-padded prompt."""
+    ids = torch.cat([prompt_ids, response_ids], 1)
+    mask = torch.cat([prompt_mask, response_mask], 1).long()
+    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
+                output_hidden_states=True)
+    width, length = prompt_ids.shape[1], response_ids.shape[1]
+    logits = out.logits[:, width - 1: width + length - 1].float()  # the positions that predict o_1..o_T
+    logprobs = torch.log_softmax(logits, -1).gather(-1, response_ids[..., None]).squeeze(-1)
+    return logprobs, out.hidden_states[-1][:, width: width + length]
+
+
+def policy_context(model, tokenizer, answers: list[str], responses: list[str], step: int = 0,
+                   micro_batch_size: int = 8) -> RolloutContext:
+    def logprobs(*rows):
+        with torch.no_grad():
+            return policy_forward(model, *rows)[0]
+
+    return RolloutContext(response_logprobs=logprobs, response_hidden=lambda *rows: policy_forward(model, *rows)[1],
+                          tokenizer=tokenizer, answers=answers, responses=responses, step=step,
+                          micro_batch_size=micro_batch_size)
+
+
+def _pad(rows: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(map(len, rows))
+    ids = torch.zeros(len(rows), width, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.bool)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if left else slice(0, len(row))
+        ids[i, span], mask[i, span] = torch.tensor(row), True
+    return ids, mask
+
+
+def tiny_rollouts(model, tokenizer, correct: list[list[bool]], seed: int = 0):
+    """A rollout batch of len(correct) prompts "a+b=?" with one group per prompt; a rollout is correct iff its boxed
+    answer is the sum. Returns the batch, the gold answers and the response texts (one per row)."""
+    generator = torch.Generator().manual_seed(seed)
+    prompts, answers, responses, rewards, group_ids = [], [], [], [], []
+    for group, verdicts in enumerate(correct):
+        a, b = torch.randint(10, 99, (2,), generator=generator).tolist()
+        for ok in verdicts:
+            filler = "".join(tokenizer.alphabet[i] for i in torch.randint(10, 62, (int(torch.randint(4, 20, (1,), generator=generator)),), generator=generator))
+            answer = a + b if ok else a + b + int(torch.randint(1, 9, (1,), generator=generator))
+            prompts.append(tokenizer.encode(f"{a}+{b}=?"))
+            responses.append(f"{filler} \\boxed{{{answer}}}")
+            answers.append(str(a + b))
+            rewards.append(float(ok))
+            group_ids.append(group)
+    device = next(model.parameters()).device
+    prompt_ids, prompt_mask = (t.to(device) for t in _pad(prompts, left=True))
+    response_ids, response_mask = (t.to(device) for t in _pad([tokenizer.encode(r) for r in responses], left=False))
+    with torch.no_grad():
+        old = policy_forward(model, prompt_ids, prompt_mask, response_ids, response_mask)[0]
+    batch = RolloutBatch.create(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
+                                response_mask=response_mask, old_logprobs=old, rewards=torch.tensor(rewards, device=device),
+                                group_ids=torch.tensor(group_ids, device=device))
+    return batch, answers, responses
+
+
+def time_method(name: str, model, tokenizer, batch, answers, responses, repeats: int, micro_batch_size: int) -> list[float]:
+    method, params = METHODS[name]
+    objective = build_objective(method, params)
+    device = next(model.parameters()).device
+    times = []
+    for _ in range(repeats + 1):  # the first round warms up (and builds CLIPO's head)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        context = policy_context(model, tokenizer, answers, responses, micro_batch_size=micro_batch_size)
+        prepared = objective.prepare(batch, context)
+        prepared = prepared.with_advantages(objective.advantages(prepared.rewards, prepared.group_ids))
+        accumulate_gradients(objective, prepared, lambda mb: policy_forward(model, mb.prompt_ids, mb.prompt_mask,
+                                                                             mb.response_ids, mb.response_mask)[0],
+                             micro_batch_size=micro_batch_size, progress=0.0)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        model.zero_grad(set_to_none=True)
+    return times[1:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench_methods", description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--micro-batch-size", type=int, default=16)
+    parser.add_argument("--hidden", type=int, default=128)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", type=Path, default=RECORD)
+    args = parser.parse_args(argv)
+
+    tokenizer = CharTokenizer()
+    model = tiny_policy(tokenizer, hidden=args.hidden, layers=args.layers).to(args.device)
+    # groups with 0..G correct rollouts, so every case (degenerate, one correct, several) is in the batch
+    pattern = [[i < (g * (args.group_size + 1)) // args.prompts for i in range(args.group_size)]
+               for g in range(args.prompts)]
+    batch, answers, responses = tiny_rollouts(model, tokenizer, pattern)
+
+    results = {}
+    for name in METHODS:
+        times = time_method(name, model, tokenizer, batch, answers, responses, args.repeats, args.micro_batch_size)
+        results[name] = {"median_s": statistics.median(times), "times_s": times}
+    base = results["grpo"]["median_s"]
+    print(f"{'method':<8} {'median step (ms)':>17} {'x GRPO':>8}")
+    for name, result in results.items():
+        result["relative_to_grpo"] = result["median_s"] / base
+        print(f"{name:<8} {1000 * result['median_s']:>17.1f} {result['relative_to_grpo']:>8.2f}")
+    record = {
+        "benchmark": "methods step time (prepare + objective forward/backward)",
+        "setup": {"rollouts": len(batch), "group_size": args.group_size, "prompt_tokens": batch.prompt_ids.shape[1],
+                  "response_tokens": batch.response_ids.shape[1], "hidden": args.hidden, "layers": args.layers,
+                  "micro_batch_size": args.micro_batch_size, "repeats": args.repeats, "device": args.device,
+                  "torch": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads()},
+        "methods": {name: {"registered": METHODS[name][0], "params": METHODS[name][1], **result}
+                    for name, result in results.items()},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
