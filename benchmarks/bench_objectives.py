@@ -9,16 +9,17 @@ extra pass is a full forward, so those rows understate it). Objectives with a `p
 (CLIPO, CEPO) are timed end to end by `python -m benchmarks methods` instead.
 
     python -m benchmarks objectives [--rollouts 256] [--tokens 1024] [--group-size 8] [--micro-batch-size 64]
-                                    [--repeats 10] [--warmup 1] [--methods grpo conspo ...]
+                                    [--repeats 10] [--warmup 1] [--methods grpo conspo ...] [--records DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import torch
 
-from benchmarks.common import median_ms, print_table, time_interleaved, write_record
+from benchmarks.common import RECORDS, median_ms, print_table, time_interleaved, write_record
 from conspo import RolloutBatch, accumulate_gradients, available_objectives, build_objective
 from conspo.objective import Objective
 
@@ -70,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--methods", nargs="*", help="registered names (default: all)")
+    parser.add_argument("--records", type=Path, default=RECORDS, help="folder of the JSON record")
     args = parser.parse_args(argv)
 
     names = args.methods or available_objectives()
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                    "goal": ISSUE_2_GOAL, "met": ratio <= ISSUE_2_GOAL}
         print(f"ConSPO / GRPO = {ratio:.3f} by median, {verdict['conspo_over_grpo_min']:.3f} by min "
               f"(issue 2 goal <= {ISSUE_2_GOAL}: {'met' if verdict['met'] else 'NOT met'} by median)")
-    path = write_record("objectives", {
+    path = write_record("objectives", directory=args.records, payload={
         "setup": {"rollouts": args.rollouts, "tokens": args.tokens, "group_size": args.group_size,
                   "micro_batch_size": args.micro_batch_size, "repeats": args.repeats, "warmup": args.warmup},
         "results": results,
