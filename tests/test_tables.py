@@ -1,0 +1,207 @@
+"""Tables 1-6 from synthetic metrics files on the paper's grid: the paper's rows and columns, marks, comparisons."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from conspo import select, tables
+from conspo.plan import AVERAGE, BASE_MODEL, Plan
+
+ROOT = Path(__file__).resolve().parent.parent
+PUBLISHED = ROOT / "config" / "published_tables.csv"
+N_PROBLEMS = 1000  # one sample per problem: a value v% is exactly round(10 v) correct problems
+
+
+def metrics_file(path: str, benchmark: str, value: float) -> None:
+    correct = round(value * N_PROBLEMS / 100)
+    counts = [1] * correct + [0] * (N_PROBLEMS - correct)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps({
+        "benchmark": benchmark, "metric": "pass@1", "value": 100 * correct / N_PROBLEMS, "k": 1,
+        "n_problems": N_PROBLEMS, "se_problems": 1.5, "se_generation": 0.0, "per_problem_correct": counts,
+        "engine": "synthetic", "extraction": "boxed", "sampling": {}, "checkpoint": path}))
+
+
+def published_values() -> dict:
+    frame = pd.read_csv(PUBLISHED)
+    return {(r.model, r.dataset, r.method, r.benchmark): r.value for r in frame.itertuples()}
+
+
+@pytest.fixture(scope="module")
+def paper_results(tmp_path_factory):
+    """Metrics files for every evaluation of the paper grid: the last checkpoint scores the paper's value, earlier
+    ones 5 points less, except ConSPO on DAPO-Math-17k (Table 5) whose middle checkpoint is best (1 point above)."""
+    out = tmp_path_factory.mktemp("paper")
+    config = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    config["results"] = str(out / "results")
+    validate(config, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
+    plan = Plan.from_config(copy.deepcopy(config))
+    paper = published_values()
+    method_of_run = {}
+    for table in plan.tables:
+        for cell in plan.cells(table):
+            if cell["run"]:
+                method_of_run.setdefault(cell["run"], cell["method"])
+    for run_name, run in plan.runs.items():
+        steps = plan.checkpoint_steps(run_name)
+        for step in steps:
+            for bench in plan.run_benchmarks(run_name):
+                target = paper.get((run.model, run.dataset, method_of_run.get(run_name), bench), 30.0)
+                value = target if step == steps[-1] else target - 5
+                if run_name == "deepseek-r1-distill-qwen-1.5b--dapo-math-17k--conspo" and step == 200:
+                    value = target + 1
+                metrics_file(plan.eval_metrics(run_name, step, bench), bench, value)
+        files = [plan.eval_metrics(run_name, s, b) for s in steps for b in plan.run_benchmarks(run_name)]
+        select.main(["select", "--run", run_name, "--metrics", *files, "--out", plan.selection(run_name)])
+    for model in plan.models:
+        for bench in plan.base_benchmarks(model):
+            dataset = "DeepScaleR-Preview"
+            metrics_file(plan.base_metrics(model, bench), bench, paper[(model, dataset, BASE_MODEL, bench)])
+    rendered = {}
+    for table in plan.tables:
+        spec_path = out / f"{table}.json"
+        spec_path.write_text(json.dumps(plan.table_spec(table)))
+        cells, paired = out / f"{table}.cells.csv", out / f"{table}.paired.csv"
+        assert tables.main(["tables", "aggregate", "--spec", str(spec_path), "--cells", str(cells),
+                            "--paired", str(paired)]) == 0
+        prefix = plan.table_prefix(table)
+        assert tables.main(["tables", "render", "--spec", str(spec_path), "--cells", str(cells), "--paired",
+                            str(paired), "--published", str(PUBLISHED), "--out-prefix", prefix]) == 0
+        rendered[table] = prefix
+    return plan, rendered
+
+
+def test_selection_takes_the_best_checkpoint_and_records_the_last(paper_results):
+    plan, _ = paper_results
+    chosen = json.loads(Path(plan.selection("deepseek-r1-distill-qwen-1.5b--dapo-math-17k--conspo")).read_text())
+    assert chosen["best"]["step"] == 200 and chosen["last"]["step"] == 280
+    assert chosen["best"]["benchmarks"]["HMMT25"]["value"] == pytest.approx(15.2)  # paper 14.2 + 1
+    assert chosen["last"]["benchmarks"]["HMMT25"]["value"] == pytest.approx(14.2)
+    assert [point["step"] for point in chosen["history"]] == [100, 200, 280]
+
+
+def test_each_table_has_the_papers_rows_and_columns(paper_results):
+    plan, rendered = paper_results
+    published = pd.read_csv(PUBLISHED)
+    for table, prefix in rendered.items():
+        spec = plan.tables[table]
+        frame = pd.read_csv(f"{prefix}.csv", keep_default_na=False)
+        best = frame[frame["checkpoint"] == "best"]
+        theirs = published[published["table"] == spec["number"]]
+        expected_rows = list(dict.fromkeys(zip(theirs["model"], theirs["method"])))
+        assert list(zip(best["model"], best["method"])) == expected_rows, table
+        labels = [plan.benchmarks[b].get("label", b) for b in spec["benchmarks"]] + ["Avg."]
+        value_columns = [c for c in frame.columns if c in labels]
+        assert value_columns == labels, table
+        assert list(frame["checkpoint"]).count("last") == len(expected_rows)
+    assert list(pd.read_csv(f"{rendered['table4']}.csv").columns[5::4]) == [
+        "AIME24", "MATH500", "AMC", "O-Bench", "Avg."]
+    table2 = pd.read_csv(f"{rendered['table2']}.csv")
+    assert list(dict.fromkeys(table2["model"])) == ["DeepSeek-R1-Distill-Qwen-7B", "DeepSeek-R1-Distill-Llama-8B"]
+
+
+def test_reproduced_equal_to_published_gives_zero_differences(paper_results):
+    plan, rendered = paper_results
+    frame = pd.read_csv(f"{rendered['table1']}.csv")
+    best = frame[frame["checkpoint"] == "best"].set_index("method")
+    assert best.loc["ConSPO", "AIME24"] == pytest.approx(34.7)
+    assert best.loc["ConSPO", "AIME24 paper"] == pytest.approx(34.7)
+    assert best.loc["ConSPO", "AIME24 diff"] == pytest.approx(0.0)
+    last = frame[frame["checkpoint"] == "last"].set_index("method")
+    assert last.loc["GRPO", "HMMT25"] == pytest.approx(11.7)
+
+
+def test_comparison_uses_the_right_published_value(paper_results):
+    plan, rendered = paper_results
+    # the same model and method: Table 1 (DeepScaleR) ConSPO AIME24 = 34.7, Table 5 (DAPO-Math-17k) = 34.2
+    table5 = pd.read_csv(f"{rendered['table5']}.csv").set_index(["checkpoint", "method"])
+    assert table5.loc[("best", "ConSPO"), "AIME24 paper"] == pytest.approx(34.2)
+    # there the best checkpoint is one point above the paper on every benchmark, the last equal to it
+    assert table5.loc[("best", "ConSPO"), "HMMT25 diff"] == pytest.approx(1.0)
+    assert table5.loc[("best", "ConSPO"), "HMMT25 paper"] == pytest.approx(14.2)
+    assert table5.loc[("best", "ConSPO"), "step"] == 200 and table5.loc[("last", "ConSPO"), "step"] == 280
+    assert table5.loc[("last", "ConSPO"), "HMMT25 diff"] == pytest.approx(0.0)
+    # Table 6's ablation names are compared with Table 6's numbers
+    table6 = pd.read_csv(f"{rendered['table6']}.csv").set_index(["checkpoint", "method"])
+    assert table6.loc[("best", "w/o scheduled margin"), "MATH500 paper"] == pytest.approx(89.0)
+
+
+def test_cells_without_a_published_counterpart_say_so(paper_results, tmp_path):
+    plan, _ = paper_results
+    spec = plan.table_spec("table1")
+    spec_path = tmp_path / "spec.json"
+    spec["blocks"][0]["model"] = "tiny-a"  # same files, a model the paper never trained
+    for cell in spec["cells"]:
+        cell["model"] = "tiny-a"
+    spec_path.write_text(json.dumps(spec))
+    agg_cells, agg_paired = tmp_path / "cells.csv", tmp_path / "paired.csv"
+    tables.main(["tables", "aggregate", "--spec", str(spec_path), "--cells", str(agg_cells), "--paired",
+                 str(agg_paired)])
+    tables.main(["tables", "render", "--spec", str(spec_path), "--cells", str(agg_cells), "--paired",
+                 str(agg_paired), "--published", str(PUBLISHED), "--out-prefix", str(tmp_path / "t")])
+    text = (tmp_path / "t.html").read_text()
+    assert text.count(tables.NO_PUBLISHED) == 2 * 9 * 8  # best and last tables, 9 rows x 8 columns
+    assert "Δ" not in (tmp_path / "t.md").read_text()
+    frame = pd.read_csv(tmp_path / "t.csv")
+    assert frame["AIME24 paper"].isna().all()
+
+
+def marked(markdown: str, block_title: str | None = None) -> dict[str, dict[str, str]]:
+    """{method: {column: 'best'|'second'|''}} from the first table of a Markdown rendering."""
+    lines = markdown.splitlines()
+    start = 0 if block_title is None else next(i for i, l in enumerate(lines) if l.startswith(f"**{block_title}**"))
+    header = next(l for l in lines[start:] if l.startswith("| Method"))
+    columns = [c.strip() for c in header.strip("|").split("|")][2:]
+    out = {}
+    for line in lines[lines.index(header, start) + 2:]:
+        if not line.startswith("|"):
+            break
+        parts = [c.strip() for c in line.strip("|").split("|")]
+        out[parts[0]] = {col: "best" if text.startswith("**") else "second" if text.startswith("<u>") else ""
+                         for col, text in zip(columns, parts[2:])}
+    return out
+
+
+def test_bold_and_underline_follow_the_paper(paper_results):
+    _, rendered = paper_results
+    marks = marked(Path(f"{rendered['table3']}.md").read_text())
+    # the paper's Table 3: AIME24 ties DisCO and ConSPO in bold (19.8), Dr. GRPO underlined (17.4)
+    assert marks["ConSPO"]["AIME24"] == "best" and marks["DisCO"]["AIME24"] == "best"
+    assert marks["Dr. GRPO"]["AIME24"] == "second" and marks["GRPO"]["AIME24"] == ""
+    # MATH500: DisCO bold (83.0), Dr. GRPO underlined (82.6), ConSPO (82.2) unmarked
+    assert marks["DisCO"]["MATH500"] == "best" and marks["Dr. GRPO"]["MATH500"] == "second"
+    assert marks["ConSPO"]["MATH500"] == "" and marks[BASE_MODEL]["MATH500"] == ""
+    assert marks["ConSPO"]["Avg."] == "best" and marks["Dr. GRPO"]["Avg."] == "second"
+    # the paper's Table 4: three methods tie for second on OlympiadBench (18.7)
+    marks4 = marked(Path(f"{rendered['table4']}.md").read_text())
+    assert [m for m, cols in marks4.items() if cols["O-Bench"] == "second"] == ["GRPO", "Dr. GRPO", "DisCO"]
+    # Table 2: marks are per model block
+    marks_llama = marked(Path(f"{rendered['table2']}.md").read_text(), "DeepSeek-R1-Distill-Llama-8B")
+    assert marks_llama["Dr. GRPO"]["AIME24"] == "best" and marks_llama["DisCO"]["AIME24"] == "second"
+    latex = Path(f"{rendered['table3']}.tex").read_text()
+    assert r"\toprule" in latex and r"\midrule" in latex and r"\bottomrule" in latex
+    assert latex.count(r"\textbf{") == 9 and r"\underline{17.4}" in latex
+    row = next(line for line in latex.splitlines() if line.startswith("DisCO &"))
+    assert row.count(r"\textbf{") == 2  # AIME24 19.8 and MATH500 83.0
+
+
+def test_paired_differences_against_conspo(paper_results):
+    plan, rendered = paper_results
+    spec = plan.table_spec("table1")
+    _, frame = tables.aggregate(spec)
+    grpo = frame[(frame["method"] == "GRPO") & (frame["benchmark"] == "AIME24")].iloc[0]
+    # ConSPO solves 347 of 1000 problems, GRPO 286: the first 286 are shared, so the paired difference is 6.1 points
+    assert grpo["difference"] == pytest.approx(6.1)
+    assert grpo["se"] == pytest.approx(100 * (0.061 * 0.939 * 1000 / 999) ** 0.5 / 1000 ** 0.5, rel=1e-6)
+    assert set(frame["method"]) == {BASE_MODEL, "GRPO", "DAPO", "Dr. GRPO", "DisCO", "GMPO", "CISPO", "SAPO"}
+    assert set(frame["benchmark"]) == set(spec["benchmarks"]) | {AVERAGE}
+    html = Path(f"{rendered['table1']}.html").read_text()
+    assert "Paired differences: ConSPO" in html and re.search(r"<td>\+6\.1 <span", html)
