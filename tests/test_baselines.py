@@ -112,7 +112,7 @@ def test_sapo_gate_has_slope_one_and_value_two_over_tau_at_ratio_one(tau):
     value = soft_gate(ratio, torch.tensor(tau, dtype=torch.float64))
     (slope,) = torch.autograd.grad(value.sum(), ratio)
     assert float(slope) == pytest.approx(1.0, rel=1e-12)
-    assert float(value) == pytest.approx(2.0 / tau, rel=1e-12)
+    assert float(value.detach()) == pytest.approx(2.0 / tau, rel=1e-12)
 
 
 @pytest.mark.parametrize("name", ["gmpo", "sapo", "cispo", "dapo"])
@@ -210,7 +210,7 @@ def test_disco_group_objective_uses_only_its_own_group_and_ignores_degenerate_on
 
 
 @pytest.mark.parametrize("name", ["disco", "gmpo", "dapo", "dr_grpo", "cispo", "sapo"])
-@pytest.mark.parametrize("micro_batch_size", [1, 7, 1000])
+@pytest.mark.parametrize("micro_batch_size", [2, 7, 1000])
 def test_micro_batching_gives_the_whole_batch_gradient(name, micro_batch_size):
     objective = build_objective(name, {"aggregation_constant": 6.0} if name == "dr_grpo" else {})
     batch = make_batch(seed=11)

@@ -23,11 +23,12 @@ from conspo.losses import group_advantages
 
 _vllm_check = trl_import_utils.is_vllm_available
 trl_import_utils.is_vllm_available = lambda *args, **kwargs: False  # the loss code never uses vLLM; skip importing it
-try, warnings.catch_warnings():
-    warnings.simplefilter("ignore")  # TRL's "experimental API" notice for GMPO
-    from trl.experimental.gmpo.gmpo_trainer import GMPOTrainer
-    from trl.trainer.grpo_trainer import GRPOTrainer
-    from trl.trainer.utils import nanstd
+try:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TRL's "experimental API" notice for GMPO
+        from trl.experimental.gmpo.gmpo_trainer import GMPOTrainer
+        from trl.trainer.grpo_trainer import GRPOTrainer
+        from trl.trainer.utils import nanstd
 finally:
     trl_import_utils.is_vllm_available = _vllm_check
 
