@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Protocol
 
 import torch
@@ -50,6 +50,14 @@ class Objective:
         """
         return batch
 
+    def state_dict(self) -> dict:
+        """State an objective carries from step to step (CLIPO's contrastive head and its optimizer); the trainer
+        saves it with every checkpoint and hands it back to `load_state_dict` on resume. None by default."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what `state_dict` returned (default: nothing to restore)."""
+
     def advantages(self, rewards: Tensor, group_ids: Tensor) -> Tensor:
         """Per-rollout advantages the trainer stores in the batch (GRPO's Eq. 1 unless a method says otherwise)."""
         return group_advantages(rewards, group_ids, "population")
@@ -76,7 +84,9 @@ class RolloutContext:
     - `tokenizer`, the rows' gold `answers` and decoded `responses`, the current `step` (0 on the first optimizer
       step) and `progress`;
     - `micro_batch_size`: the most rows `prepare` sends in one call (the trainer passes its train.micro_batch_size),
-      so extra passes over a large step batch stay within the memory of a training micro-batch.
+      so extra passes over a large step batch stay within the memory of a training micro-batch;
+    - `collective`: the same all-gather the exact gradients use, for methods whose state must see the whole step
+      batch on every rank (CLIPO's head); group ids must be unique across ranks.
     """
 
     response_logprobs: Callable[..., Tensor]
@@ -87,6 +97,7 @@ class RolloutContext:
     step: int = 0
     progress: float = 0.0
     micro_batch_size: int = 8
+    collective: "Collective" = field(default_factory=lambda: SingleProcess())
 
 
 # --------------------------------------------------------------------------------------------------- registry
