@@ -13,7 +13,10 @@ correct rollout of the group drawn uniformly, the denominator runs over every ot
 positive included), T = 0.05. L_i is in nats and not normalised further (the source's "individual loss"); L_i >= 0,
 so a correct rollout keeps a reward in [1 - max_penalty, 1] while incorrect ones keep theirs.
 Each `prepare` makes one AdamW step of the head on the mean of L_i over the anchors; the rewards use the L_i of the
-same forward pass, before that step (as the source does).
+same forward pass, before that step (as the source does). The source reads h_i off its rollout engine; here one
+no-grad pass of the policy over the step batch computes it. With several ranks, h, correctness and group ids are
+all-gathered, so every rank makes the same head update on the whole step batch (as the source's single controller
+does) and shapes its own rows.
 Head warm-up: the released recipe trains the head for `trainer.critic_warmup` steps (58 on MATH, 14 on GSM8K) while
 the policy is frozen. Here the policy is never frozen: during the first `head_warmup_steps` steps the head trains and
 the rewards stay unshaped, so the policy trains with the base method meanwhile and every method gets the same number
@@ -123,42 +126,46 @@ class CLIPO(Objective):
             self.restored_head = None
 
     def prepare(self, batch: RolloutBatch, context: RolloutContext) -> RolloutBatch:
-        groups = group_structure(batch.correct, batch.group_ids)
+        hidden = pooled_response_hidden(batch, context)  # h_i of this rank's rows
+        # every rank trains the same head on the whole step batch: gather h, correctness and groups from all ranks
+        device = hidden.device
+        hidden, offset = context.collective.gather(hidden)
+        correct, _ = context.collective.gather(batch.correct.to(device, torch.float32))
+        group_ids, _ = context.collective.gather(batch.group_ids.to(device))
+        correct = correct.bool()
+        groups = group_structure(correct, group_ids)
         usable = (groups.n_pos >= 2) & (groups.n_neg >= 1)
         rows = torch.nonzero(usable[groups.index]).flatten()
         shaping = context.step >= self.head_warmup_steps
         self.prepare_metrics = {"clipo/usable_groups": float(usable.float().mean()), "clipo/shaping": float(shaping)}
         if len(rows) == 0:
             return batch
-        sub = batch.select(rows)
-        hidden = pooled_response_hidden(sub, context)
         if self.head is None:
-            self._build_head(hidden.shape[-1], hidden.device)
-        correct, group_ids = sub.correct.cpu(), sub.group_ids.cpu()
-        positives = sample_positives(correct, group_ids, self.generator).to(hidden.device)
+            self._build_head(hidden.shape[-1], device)
+        positives = sample_positives(correct[rows].cpu(), group_ids[rows].cpu(), self.generator).to(device)
 
-        embeddings = nn.functional.normalize(self.head(hidden), dim=-1)  # z_i
-        losses = infonce_losses(embeddings, positives, group_ids.to(hidden.device), self.temperature)  # L_i
-        anchors = sub.correct.to(hidden.device)
+        embeddings = nn.functional.normalize(self.head(hidden[rows]), dim=-1)  # z_i
+        losses = infonce_losses(embeddings, positives, group_ids[rows], self.temperature)  # L_i
+        anchors = correct[rows]
         head_loss = losses[anchors].mean()
         self.head_optimizer.zero_grad(set_to_none=True)
         head_loss.backward()
         self.head_optimizer.step()
 
-        penalty = torch.clamp(self.reward_lambda * losses.detach(), max=self.max_penalty).cpu()  # lambda L_i, capped
+        penalty = torch.zeros(len(correct), device=device)  # lambda L_i on the anchors, capped; 0 elsewhere
+        penalty[rows[anchors]] = torch.clamp(self.reward_lambda * losses.detach()[anchors], max=self.max_penalty)
         self.prepare_metrics.update({"clipo/head_loss": float(head_loss.detach()),
-                                     "clipo/penalty_mean": float(penalty[correct].mean())})
+                                     "clipo/penalty_mean": float(penalty[rows[anchors]].mean())})
         if not shaping:
             return batch
-        rewards = batch.rewards.clone()
-        rewards[rows[correct].to(rewards.device)] -= penalty[correct].to(rewards.device)
-        return batch.with_rewards(rewards)
+        local = penalty[offset: offset + len(batch)].to(batch.rewards.device)
+        return batch.with_rewards(batch.rewards - local)
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
         """The head's weights, its optimizer state and the sampler's RNG state (the trainer saves it with each
         checkpoint); before the first batch only the RNG state exists."""
-        state = {"generator": self.generator.get_state()}
+        state = {"generator": self.generator.get_state(), "base": self.base.state_dict()}
         if self.head is not None:
             state["head"] = self.head.state_dict()
             state["optimizer"] = self.head_optimizer.state_dict()
@@ -168,6 +175,7 @@ class CLIPO(Objective):
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+        self.base.load_state_dict(state["base"])
         if "head" not in state:
             return
         self.restored_head = {"head": state["head"], "optimizer": state["optimizer"]}

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from baselines.cepo import ADVANTAGE_SIGN, WEIGHTS, spliced_prompts, worst_rejected
-from baselines.clipo import infonce_losses, sample_positives
+from baselines.clipo import infonce_losses, pooled_response_hidden, sample_positives
 from benchmarks.bench_methods import CharTokenizer, policy_context, policy_forward, tiny_policy, tiny_rollouts
 from conspo.batch import RolloutBatch
 from conspo.objective import RolloutContext, accumulate_gradients, build_objective
@@ -72,14 +72,42 @@ def test_clipo_correct_rewards_stay_above_incorrect_and_unusable_groups_are_unto
             assert torch.equal(shaped[rows], batch.rewards[rows])
 
 
-def test_clipo_unusable_groups_give_no_head_update_and_no_forward_pass():
+def test_clipo_unusable_groups_give_no_head_update():
     batch = synthetic_batch([[True, False, False], [True, True, True], [False, False]])
-    calls = []
-    context = synthetic_context(torch.randn(len(batch), 8))
-    context.response_hidden = lambda *rows: calls.append(rows)
     clipo = build_objective("clipo", {"head_warmup_steps": 0})
-    assert torch.equal(clipo.prepare(batch, context).rewards, batch.rewards)
-    assert calls == [] and clipo.head is None and clipo.prepare_metrics["clipo/usable_groups"] == 0.0
+    assert torch.equal(clipo.prepare(batch, synthetic_context(torch.randn(len(batch), 8))).rewards, batch.rewards)
+    assert clipo.head is None and clipo.prepare_metrics["clipo/usable_groups"] == 0.0
+
+
+class OtherRankGathers:
+    """Rank `rank` of two, whose peer holds `peer`: gather concatenates the rows in rank order, call by call."""
+
+    world_size = 2
+
+    def __init__(self, rank: int, peer: list[torch.Tensor]):
+        self.rank, self.peer = rank, list(peer)
+
+    def gather(self, tensor):
+        other = self.peer.pop(0)
+        parts = [tensor, other] if self.rank == 0 else [other, tensor]
+        return torch.cat(parts), 0 if self.rank == 0 else len(other)
+
+
+def test_clipo_on_two_ranks_equals_one_rank_on_the_whole_batch():
+    batch = synthetic_batch([[True, True, False, True], [True, False, True], [True, True, True, False, False]])
+    hidden = torch.randn(len(batch), 8, generator=torch.Generator().manual_seed(3))
+    params = {"head_dim": 16, "head_warmup_steps": 0}
+    whole = build_objective("clipo", params)
+    expected = whole.prepare(batch, synthetic_context(hidden)).rewards
+    halves = [batch.select(torch.arange(7)), batch.select(torch.arange(7, len(batch)))]  # whole groups per rank
+    sent = [[pooled_response_hidden(half, synthetic_context(hidden)), half.correct.float(), half.group_ids]
+            for half in halves]
+    for rank, half in enumerate(halves):
+        clipo = build_objective("clipo", params)
+        context = synthetic_context(hidden)
+        context.collective = OtherRankGathers(rank, sent[1 - rank])
+        assert torch.equal(clipo.prepare(half, context).rewards, expected[:7] if rank == 0 else expected[7:])
+        assert torch.equal(clipo.head.weight, whole.head.weight)
 
 
 def test_clipo_infonce_matches_its_definition():
