@@ -299,31 +299,48 @@ class Verifier:
         return verdicts
 
     def _run(self, tasks: list[tuple[bytes, str, str]]) -> dict[bytes, tuple[bool, str | None, bool]]:
-        """Judge distinct tasks on the pool, killing and replacing any worker that overruns its deadline."""
-        results: dict[bytes, tuple[bool, str | None, bool]] = {}
+        """Judge distinct tasks on the pool, killing and replacing any worker that overruns its deadline or dies.
+        An interruption (e.g. KeyboardInterrupt) stops the pool, so no stale answer reaches a later call."""
         if not tasks:
-            return results
+            return {}
         self._start()
+        try:
+            return self._dispatch(tasks)
+        except BaseException:
+            self.close()
+            raise
+
+    def _dispatch(self, tasks: list[tuple[bytes, str, str]]) -> dict[bytes, tuple[bool, str | None, bool]]:
+        results: dict[bytes, tuple[bool, str | None, bool]] = {}
         pending = list(reversed(tasks))
-        gold_of = {key: (answer_text, gold) for key, answer_text, gold in tasks}
+        task_of = {key: (answer_text, gold) for key, answer_text, gold in tasks}
         while pending or any(worker.task is not None for worker in self._pool):
-            for worker in self._pool:
+            for slot, worker in enumerate(self._pool):
                 if worker.task is None and pending:
-                    key, answer_text, gold = pending.pop()
-                    worker.submit(key, answer_text, gold, self.timeout)
+                    key, answer_text, gold = pending[-1]
+                    try:
+                        worker.submit(key, answer_text, gold, self.timeout)
+                    except OSError:  # the worker died while idle: replace it and retry the task
+                        logger.warning("verifier worker %d had died while idle; replaced", worker.process.pid)
+                        self._replace(slot)
+                        continue
+                    pending.pop()
             busy = [worker for worker in self._pool if worker.task is not None]
+            if not busy:
+                continue
             wait_for = max(0.0, min(worker.deadline for worker in busy) - time.monotonic())
             ready = set(multiprocessing.connection.wait([worker.connection for worker in busy], wait_for))
             for slot, worker in enumerate(self._pool):
                 if worker.task is None:
                     continue
                 key = worker.task
+                answer_text, gold = task_of[key]
                 if worker.connection in ready:
                     try:
                         correct, extracted, timed_out = worker.connection.recv()
                     except (EOFError, OSError):
                         logger.error("verifier worker died on gold %r, answer %.80r; counted incorrect",
-                                     gold_of[key][1], gold_of[key][0])
+                                     gold, answer_text)
                         results[key] = (False, None, False)
                         self._replace(slot)
                         continue
@@ -332,7 +349,7 @@ class Verifier:
                     if timed_out:
                         self.timeouts += 1
                         logger.warning("math-verify timed out on gold %r, answer %.80r; counted incorrect",
-                                       gold_of[key][1], gold_of[key][0])
+                                       gold, answer_text)
                     else:
                         self._remember(key, (correct, extracted))
                     results[key] = (correct, extracted, timed_out)
@@ -340,7 +357,7 @@ class Verifier:
                     self.checked += 1
                     self.timeouts += 1
                     logger.warning("verification exceeded %.1f s on gold %r, answer %.80r; worker killed, counted "
-                                   "incorrect", self.timeout, gold_of[key][1], gold_of[key][0])
+                                   "incorrect", self.timeout, gold, answer_text)
                     results[key] = (False, None, True)
                     self._replace(slot)
         return results

@@ -1,5 +1,7 @@
 import math
+import os
 import random
+import signal
 import string
 import time
 
@@ -81,10 +83,23 @@ ADVERSARIAL = [
 ]
 
 
+def _started(extraction: str, timeout: float) -> Verifier:
+    verifier = Verifier(extraction, timeout=timeout, workers=2)
+    verifier.verify(["\\boxed{1}"], ["1"])  # start the pool outside the timed sections
+    return verifier
+
+
 @pytest.fixture(scope="module", params=["boxed", "last"])
 def verifier(request):
-    with Verifier(request.param, timeout=TIMEOUT, workers=2) as started:
-        started.verify(["\\boxed{1}"], ["1"])  # start the pool outside the timed sections
+    """A pool with a generous limit: correctness checks must not depend on the load of a shared machine."""
+    with _started(request.param, timeout=20.0) as started:
+        yield started
+
+
+@pytest.fixture(scope="module", params=["boxed", "last"])
+def strict_verifier(request):
+    """A pool with the short per-answer limit the timing checks hold it to."""
+    with _started(request.param, timeout=TIMEOUT) as started:
         yield started
 
 
@@ -106,36 +121,47 @@ def test_in_process_judge_agrees_with_the_pool(verifier):
     rows = TABLE[::4]
     pooled = verifier.verify([row[0] for row in rows], [row[1] for row in rows])
     for (response, gold, *_), verdict in zip(rows, pooled):
-        assert judge(response, gold, verifier.extraction, parse_timeout=1)[:2] == (verdict.correct, verdict.extracted)
+        assert judge(response, gold, verifier.extraction, parse_timeout=10)[:2] == (verdict.correct, verdict.extracted)
 
 
 @pytest.mark.parametrize("index", range(len(ADVERSARIAL)))
-def test_adversarial_input_returns_within_the_time_limit(verifier, index):
+def test_adversarial_input_returns_within_the_time_limit(strict_verifier, index):
     started = time.monotonic()
-    (verdict,) = verifier.verify([ADVERSARIAL[index]], ["2"])
+    (verdict,) = strict_verifier.verify([ADVERSARIAL[index]], ["2"])
     assert time.monotonic() - started < TIMEOUT + MARGIN
     assert verdict.correct is False
-    assert verifier.verify(["\\boxed{2}"], ["2"])[0].correct  # the pool still answers
+    assert strict_verifier.verify(["\\boxed{2}"], ["2"])[0].correct  # the pool still answers
 
 
-def test_adversarial_batch_is_bounded_by_the_per_answer_limit(verifier):
+def test_adversarial_batch_is_bounded_by_the_per_answer_limit(strict_verifier):
     started = time.monotonic()
-    verdicts = verifier.verify(ADVERSARIAL + ["\\boxed{3}"], ["3"] * (len(ADVERSARIAL) + 1))
-    rounds = math.ceil((len(ADVERSARIAL) + 1) / verifier.workers)
+    verdicts = strict_verifier.verify(ADVERSARIAL + ["\\boxed{3}"], ["3"] * (len(ADVERSARIAL) + 1))
+    rounds = math.ceil((len(ADVERSARIAL) + 1) / strict_verifier.workers)
     assert time.monotonic() - started < rounds * TIMEOUT + MARGIN
     assert verdicts[-1].correct
 
 
 def test_overrun_kills_and_replaces_the_worker():
-    with Verifier("boxed", timeout=0.1, workers=1) as verifier:
+    # the outer limit (0.5 s) falls before math-verify's own alarm (1 s): the worker has to be killed
+    with Verifier("boxed", timeout=0.5, workers=1) as verifier:
         assert verifier.verify(["\\boxed{1}"], ["1"])[0].correct
         started = time.monotonic()
-        (verdict,) = verifier.verify(["\\boxed{300000!}"], ["1"])
-        assert time.monotonic() - started < 0.1 + MARGIN
+        (verdict,) = verifier.verify(["\\boxed{1000000!}"], ["1"])
+        assert time.monotonic() - started < 0.5 + MARGIN
         assert verdict == Verdict(False, None, True, "boxed")
         assert verifier.restarts == 1 and verifier.timeouts == 1
         assert verifier.verify(["\\boxed{6}", "\\boxed{7}"], ["6", "8"]) == [
             Verdict(True, "6", False, "boxed"), Verdict(False, "7", False, "boxed")]
+
+
+def test_a_worker_killed_from_outside_is_replaced():
+    with Verifier("boxed", timeout=TIMEOUT, workers=1) as verifier:
+        assert verifier.verify(["\\boxed{1}"], ["1"])[0].correct
+        victim = verifier._pool[0].process
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join()
+        assert verifier.verify(["\\boxed{2}"], ["2"])[0].correct
+        assert verifier.restarts == 1
 
 
 def test_repeated_pairs_are_checked_once():
