@@ -171,7 +171,7 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
         import pyarrow.parquet
 
         return pyarrow.parquet.read_table(path).to_pylist()
-    if path.name.endswith((".jsonl", ".jsonl.gz", ".json")):
+    if path.name.endswith((".jsonl", ".jsonl.gz")):
         return read_jsonl(path)
     raise ValueError(f"{path}: expected a .parquet, .jsonl or .jsonl.gz file")
 

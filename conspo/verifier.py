@@ -205,7 +205,8 @@ class Verifier:
 
     `timeout` (seconds) is the hard limit for one response; `cache_size` (entries) bounds the cache of decided
     (answer, gold) pairs; `memory_headroom_gb` caps how far each worker's address space may grow, so a runaway
-    expression fails with a MemoryError instead of exhausting the machine. Counters: `checked`, `cache_hits`, `timeouts`, `restarts`.
+    expression fails with a MemoryError instead of exhausting the machine.
+    Counters: `checked` (answers judged by a worker), `cache_hits`, `timeouts`, `restarts` (workers replaced).
     """
 
     def __init__(self, extraction: str = "boxed", timeout: float = 5.0, workers: int | None = None,

@@ -1,6 +1,3 @@
-import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
