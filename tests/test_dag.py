@@ -1,0 +1,139 @@
+"""The Snakemake DAG (Snakemake 9.27, slurm executor plugin 2.8): a dry run of the paper's grid with the slurm
+profile, lint, and parse-time rejection of a bad config. Runs in a temporary copy of the workflow."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import snakemake
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+WORKFLOW_FILES = ("Snakefile", "workflow", "config", "slurm", "profiles")
+R15 = "deepseek-r1-distill-qwen-1.5b--deepscaler-preview"
+
+pytestmark = pytest.mark.skipif(not snakemake.__version__.startswith("9.27"),
+                                reason="dry-run output format pinned to snakemake 9.27")
+
+
+def copy_workflow(dest: Path) -> Path:
+    for name in WORKFLOW_FILES:
+        source = ROOT / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, dest / name)
+    return dest
+
+
+def run_snakemake(workdir: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, **(env or {})})
+
+
+def parse_dry_run(text: str) -> list[dict]:
+    """The jobs of a `snakemake --dry-run --printshellcmds` listing: rule, inputs, outputs, wildcards, resources."""
+    jobs, job = [], None
+    for line in text.splitlines():
+        start = re.match(r"^(?:local)?rule (\w+):$", line)
+        if start:
+            job = {"rule": start.group(1), "input": [], "output": [], "wildcards": {}, "resources": {}, "shell": ""}
+            jobs.append(job)
+        elif job is not None and line.startswith("    ") and ": " in line:
+            key, value = line.strip().split(": ", 1)
+            if key in ("input", "output"):
+                job[key] = value.split(", ")
+            elif key in ("wildcards", "resources"):
+                job[key] = dict(item.split("=", 1) for item in value.split(", "))
+        elif job is not None and line.startswith("Shell command: "):
+            job["shell"] = line[len("Shell command: "):]
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def paper_dry_run(tmp_path_factory):
+    workdir = copy_workflow(tmp_path_factory.mktemp("dag"))
+    result = run_snakemake(workdir, "--profile", "slurm", "--configfile", "config/paper.yaml", "--dry-run", "tables",
+                           env={"CONSPO_SLURM_PARTITION": "gpu-h100", "CONSPO_SLURM_ACCOUNT": "conspo-lab"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    text = result.stdout + result.stderr
+    assert "Using profile slurm" in text
+    return parse_dry_run(text)
+
+
+def test_paper_grid_job_counts(paper_dry_run):
+    counts = Counter(job["rule"] for job in paper_dry_run)
+    assert counts["train"] == 48
+    assert counts["evaluate_checkpoint"] == 2002
+    assert counts["evaluate_base_model"] == 32  # each base model once per benchmark it is shown on
+    assert counts["select_checkpoint"] == 48 and counts["training_curves"] == 48
+    assert counts["prepare_model"] == 5 and counts["prepare_training_set"] == 2 and counts["prepare_benchmark"] == 7
+    assert counts["aggregate_table"] == counts["render_table"] == 6
+    assert counts["draw_figure1"] == counts["draw_figure2"] == 1
+    trained = {job["wildcards"]["run"] for job in paper_dry_run if job["rule"] == "train"}
+    assert len(trained) == 48 and f"{R15}--conspo" in trained and f"{R15}--conspo-no-margin" in trained
+    assert not any(name.endswith("--conspo-M0") or name.endswith("--conspo-tau10") for name in trained)
+
+
+def test_each_table_reads_the_expected_cells(paper_dry_run):
+    inputs = {job["wildcards"]["table"]: job["input"] for job in paper_dry_run if job["rule"] == "aggregate_table"}
+
+    def cells(table):
+        runs = sorted(Path(p).stem.split("--")[2] for p in inputs[table] if "/selected/" in p)
+        base = sorted({p.split("/")[-2] for p in inputs[table] if "/evals/base/" in p})
+        benchmarks = sorted({Path(p).name.split(".")[0] for p in inputs[table] if "/evals/base/" in p})
+        return runs, base, benchmarks
+
+    seven = sorted(["AIME24", "AIME25", "AIME26", "HMMT25", "MATH500", "AMC", "OlympiadBench"])
+    assert cells("table1") == (sorted(["grpo", "dapo", "dr-grpo", "disco", "gmpo", "cispo", "sapo", "conspo"]),
+                               ["deepseek-r1-distill-qwen-1.5b"], seven)
+    assert cells("table2") == (sorted(["grpo", "dapo", "dr-grpo", "disco", "conspo"] * 2),
+                               ["deepseek-r1-distill-llama-8b", "deepseek-r1-distill-qwen-7b"], seven)
+    assert cells("table3")[1:] == (["qwen3-4b-base"], seven)
+    assert cells("table4") == (sorted(["grpo", "dapo", "dr-grpo", "disco", "conspo"]), ["llama-3.2-3b-instruct"],
+                               sorted(["AIME24", "MATH500", "AMC", "OlympiadBench"]))
+    assert all("dapo-math-17k" in p for p in inputs["table5"] if "/selected/" in p)
+    assert cells("table6") == (sorted(["conspo", "conspo-no-contrastive", "conspo-ratio-scores", "conspo-no-margin",
+                                       "conspo-fixed-margin"]), [], [])
+    figure2 = next(job for job in paper_dry_run if job["rule"] == "draw_figure2")
+    assert len([p for p in figure2["input"] if "/selected/" in p]) == 13  # 15 sweep points, 2 shared runs
+
+
+def test_cluster_jobs_carry_gpu_and_node_resources(paper_dry_run):
+    trains = {job["wildcards"]["run"]: job for job in paper_dry_run if job["rule"] == "train"}
+    small = trains[f"{R15}--conspo"]
+    assert small["resources"]["gres"] == "gpu:8" and small["resources"]["nodes"] == "1"
+    assert small["resources"]["slurm_partition"] == "gpu-h100" and small["resources"]["slurm_account"] == "conspo-lab"
+    assert "gpu" not in small["resources"] and small["resources"]["tasks_per_gpu"] == "0"
+    assert small["shell"].startswith("accelerate launch --multi_gpu --num_machines 1 --num_processes 8")
+    large = trains["deepseek-r1-distill-llama-8b--deepscaler-preview--conspo"]
+    assert large["resources"]["nodes"] == "4" and large["resources"]["mpi"] == "srun"
+    assert large["shell"].startswith("srun --nodes=4 --ntasks-per-node=1 bash -c 'accelerate launch")
+    evaluation = next(job for job in paper_dry_run if job["rule"] == "evaluate_checkpoint")
+    assert evaluation["resources"]["gres"] == "gpu:1" and evaluation["resources"]["nodes"] == "1"
+    assert "--samples" in evaluation["shell"] and "--engine vllm" in evaluation["shell"]
+
+
+def test_lint_is_clean(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    for configfile in ("config/paper.yaml", "config/tiny.yaml"):
+        result = run_snakemake(workdir, "--configfile", configfile, "--lint")
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        assert "Congratulations, your workflow is in a good condition!" in result.stdout + result.stderr
+
+
+def test_bad_config_fails_at_parse_time_naming_the_key(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    config = (workdir / "config" / "tiny.yaml").read_text()
+    (workdir / "config" / "bad.yaml").write_text(config.replace("methods: [GRPO, ConSPO]\n    benchmarks: [AIME24, "
+                                                                "MATH500", "methods: [GRPO, GSPO]\n    benchmarks: "
+                                                                "[AIME24, MATH500", 1))
+    result = run_snakemake(workdir, "--configfile", "config/bad.yaml", "--dry-run")
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "tables.table4.methods[1]: unknown method (no run defined for it) 'GSPO'" in text
+    assert "Building DAG" not in text
