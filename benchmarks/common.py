@@ -17,22 +17,26 @@ import torch
 RECORDS = Path(__file__).parent / "records"
 
 
-def time_interleaved(calls: dict[str, Callable[[], object]], *, warmup: int = 2, repeats: int = 10) -> dict[str, list[float]]:
-    """Wall-clock seconds of each call, `repeats` times after `warmup` untimed rounds.
+def time_interleaved(
+    calls: dict[str, Callable[[], object]], *, warmup: int = 2, repeats: int = 10
+) -> dict[str, dict[str, list[float]]]:
+    """Seconds of each call, `repeats` times after `warmup` untimed rounds: {"wall": [...], "cpu": [...]} per call.
 
     The calls take turns within every round, so a slow phase of a shared machine hits every entry alike and the
-    ratios between entries stay meaningful.
+    ratios between entries stay meaningful. "cpu" is this process's CPU time (all its threads), which other
+    processes competing for the cores inflate far less than the wall-clock time.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
-    times: dict[str, list[float]] = {name: [] for name in calls}
+    times = {name: {"wall": [], "cpu": []} for name in calls}
     for round_index in range(warmup + repeats):
         for name, call in calls.items():
-            start = time.perf_counter()
+            wall, cpu = time.perf_counter(), time.process_time()
             call()
-            elapsed = time.perf_counter() - start
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             if round_index >= warmup:
-                times[name].append(elapsed)
+                times[name]["wall"].append(wall)
+                times[name]["cpu"].append(cpu)
     return times
 
 

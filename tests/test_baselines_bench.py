@@ -20,7 +20,7 @@ def test_time_interleaved_counts_warmup_and_repeats():
     calls = []
     times = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, warmup=2, repeats=3)
     assert calls == ["a", "b"] * 5  # the entries take turns every round
-    assert [len(t) for t in times.values()] == [3, 3]
+    assert [(len(t["wall"]), len(t["cpu"])) for t in times.values()] == [(3, 3), (3, 3)]
     with pytest.raises(ValueError, match="repeats"):
         time_interleaved({}, repeats=0)
 
@@ -40,4 +40,5 @@ def test_objectives_benchmark_runs_every_objective_on_a_tiny_batch(tmp_path, cap
     for name in ["grpo", "dapo", "dr_grpo", "disco", "gmpo", "cispo", "sapo", "conspo", "disco + no-grad pass"]:
         assert record["results"][name]["median_ms"] > 0, name
     assert record["results"]["grpo"]["ratio_to_grpo"] == 1.0
+    assert record["results"]["grpo"]["cpu_ratio_to_grpo"] == 1.0
     assert "ConSPO / GRPO" in capsys.readouterr().out
