@@ -66,7 +66,8 @@ def rejected_answer(response: str, fallback: str) -> str:
 
 def spliced_prompts(batch: RolloutBatch, hints: list[list[int]]) -> tuple[Tensor, Tensor]:
     """Left-padded prompt ids and mask with each row's hint tokens appended after its prompt: [q, r]."""
-    prompts = [ids[mask].tolist() + hint for ids, mask, hint in zip(batch.prompt_ids.cpu(), batch.prompt_mask.cpu(), hints)]
+    rows = zip(batch.prompt_ids.cpu(), batch.prompt_mask.cpu(), hints)
+    prompts = [ids[mask].tolist() + hint for ids, mask, hint in rows]
     width = max(map(len, prompts))
     ids = torch.zeros(len(prompts), width, dtype=batch.prompt_ids.dtype)
     mask = torch.zeros(len(prompts), width, dtype=torch.bool)
@@ -84,7 +85,8 @@ def teacher_logprobs(batch: RolloutBatch, hints: list[list[int]], context: Rollo
     with torch.no_grad():
         for idx, mb in batch.micro_batches(context.micro_batch_size):
             idx = idx.to(prompt_ids.device)
-            parts.append(context.response_logprobs(prompt_ids[idx], prompt_mask[idx], mb.response_ids, mb.response_mask))
+            logprobs = context.response_logprobs(prompt_ids[idx], prompt_mask[idx], mb.response_ids, mb.response_mask)
+            parts.append(logprobs)
     return torch.cat(parts).detach().float()
 
 

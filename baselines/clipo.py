@@ -52,7 +52,8 @@ def sample_positives(correct: Tensor, group_ids: Tensor, generator: torch.Genera
     n = len(correct)
     candidate = correct[None, :] & (group_ids[:, None] == group_ids[None, :]) & ~torch.eye(n, dtype=torch.bool)
     noise = torch.rand(n, n, generator=generator)
-    return torch.where(candidate, noise, torch.full_like(noise, -1.0)).argmax(-1).where(candidate.any(-1), torch.arange(n))
+    drawn = torch.where(candidate, noise, torch.full_like(noise, -1.0)).argmax(-1)
+    return torch.where(candidate.any(-1), drawn, torch.arange(n))
 
 
 def infonce_losses(embeddings: Tensor, positives: Tensor, group_ids: Tensor, temperature: float) -> Tensor:
@@ -82,7 +83,7 @@ class CLIPO(Objective):
         if self.temperature <= 0:
             raise ValueError(f"clipo.temperature must be > 0, got {self.temperature}")
         if not 0 <= self.max_penalty < 1:
-            raise ValueError(f"clipo.max_penalty must lie in [0, 1) so correct rewards stay above 0, got {self.max_penalty}")
+            raise ValueError(f"clipo.max_penalty must lie in [0, 1) (correct rewards stay > 0), got {self.max_penalty}")
         self.base = build_objective(self.base_method, self.base_params)
         self.head: nn.Linear | None = None  # built at the first batch, when the hidden size is known
         self.head_optimizer: torch.optim.AdamW | None = None
@@ -119,7 +120,8 @@ class CLIPO(Objective):
             torch.manual_seed(self.seed)
             self.head = nn.Linear(hidden_size, self.head_dim, bias=False)
         self.head.to(device)
-        self.head_optimizer = torch.optim.AdamW(self.head.parameters(), lr=self.head_lr, weight_decay=self.head_weight_decay)
+        self.head_optimizer = torch.optim.AdamW(self.head.parameters(), lr=self.head_lr,
+                                                weight_decay=self.head_weight_decay)
         if self.restored_head is not None:
             self.head.load_state_dict(self.restored_head["head"])
             self.head_optimizer.load_state_dict(self.restored_head["optimizer"])

@@ -5,26 +5,23 @@ One "step" here is what the method adds to or does inside a trainer step after g
 the batch (`accumulate_gradients`). Generation and the optimizer step of the policy are the same for every method
 and are left out. The policy is a tiny character-level Qwen2; the same batch and model serve every method.
 
-    python -m benchmarks.bench_methods [--repeats N] [--device cpu|cuda] [--out benchmarks/records/methods.json]
+    python -m benchmarks methods [--prompts 8] [--group-size 8] [--hidden 128] [--layers 2] [--micro-batch-size 16]
+                                 [--repeats 10] [--warmup 1] [--device cpu|cuda] [--records DIR]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
-import statistics
 import string
-import time
 from pathlib import Path
 
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
+from benchmarks.common import RECORDS, median_ms, print_table, time_interleaved, write_record
 from conspo.batch import RolloutBatch
 from conspo.objective import RolloutContext, accumulate_gradients, build_objective
 
-RECORD = Path(__file__).parent / "records" / "methods.json"
 METHODS = {  # name -> (registered method, params): shaping and teacher passes switched on from the first step
     "grpo": ("grpo", {}),
     "clipo": ("clipo", {"head_warmup_steps": 0}),
@@ -95,7 +92,8 @@ def tiny_rollouts(model, tokenizer, correct: list[list[bool]], seed: int = 0):
     for group, verdicts in enumerate(correct):
         a, b = torch.randint(10, 99, (2,), generator=generator).tolist()
         for ok in verdicts:
-            filler = "".join(tokenizer.alphabet[i] for i in torch.randint(10, 62, (int(torch.randint(4, 20, (1,), generator=generator)),), generator=generator))
+            length = int(torch.randint(4, 20, (1,), generator=generator))
+            filler = "".join(tokenizer.alphabet[i] for i in torch.randint(10, 62, (length,), generator=generator))
             answer = a + b if ok else a + b + int(torch.randint(1, 9, (1,), generator=generator))
             prompts.append(tokenizer.encode(f"{a}+{b}=?"))
             responses.append(f"{filler} \\boxed{{{answer}}}")
@@ -108,73 +106,71 @@ def tiny_rollouts(model, tokenizer, correct: list[list[bool]], seed: int = 0):
     with torch.no_grad():
         old = policy_forward(model, prompt_ids, prompt_mask, response_ids, response_mask)[0]
     batch = RolloutBatch.create(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
-                                response_mask=response_mask, old_logprobs=old, rewards=torch.tensor(rewards, device=device),
+                                response_mask=response_mask, old_logprobs=old,
+                                rewards=torch.tensor(rewards, device=device),
                                 group_ids=torch.tensor(group_ids, device=device))
     return batch, answers, responses
 
 
-def time_method(name: str, model, tokenizer, batch, answers, responses, repeats: int, micro_batch_size: int) -> list[float]:
+def method_step(name: str, model, tokenizer, batch, answers, responses, micro_batch_size: int):
+    """One timed call: prepare, advantages, then the objective's forward/backward through the policy."""
     method, params = METHODS[name]
     objective = build_objective(method, params)
-    device = next(model.parameters()).device
-    times = []
-    for _ in range(repeats + 1):  # the first round warms up (and builds CLIPO's head)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+
+    def logprob_fn(mb):
+        return policy_forward(model, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)[0]
+
+    def step():
         context = policy_context(model, tokenizer, answers, responses, micro_batch_size=micro_batch_size)
         prepared = objective.prepare(batch, context)
         prepared = prepared.with_advantages(objective.advantages(prepared.rewards, prepared.group_ids))
-        accumulate_gradients(objective, prepared, lambda mb: policy_forward(model, mb.prompt_ids, mb.prompt_mask,
-                                                                             mb.response_ids, mb.response_mask)[0],
-                             micro_batch_size=micro_batch_size, progress=0.0)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+        accumulate_gradients(objective, prepared, logprob_fn, micro_batch_size=micro_batch_size, progress=0.0)
         model.zero_grad(set_to_none=True)
-    return times[1:]
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    return step
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench_methods", description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks methods", description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--micro-batch-size", type=int, default=16)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", type=Path, default=RECORD)
+    parser.add_argument("--records", type=Path, default=RECORDS)
     args = parser.parse_args(argv)
 
     tokenizer = CharTokenizer()
     model = tiny_policy(tokenizer, hidden=args.hidden, layers=args.layers).to(args.device)
-    # groups with 0..G correct rollouts, so every case (degenerate, one correct, several) is in the batch
+    # group g has about g/(prompts-1) of its rollouts correct: degenerate, single-correct and mixed groups all occur
     pattern = [[i < (g * (args.group_size + 1)) // args.prompts for i in range(args.group_size)]
                for g in range(args.prompts)]
     batch, answers, responses = tiny_rollouts(model, tokenizer, pattern)
+    calls = {name: method_step(name, model, tokenizer, batch, answers, responses, args.micro_batch_size)
+             for name in METHODS}
+    times = time_interleaved(calls, warmup=args.warmup, repeats=args.repeats)
 
-    results = {}
-    for name in METHODS:
-        times = time_method(name, model, tokenizer, batch, answers, responses, args.repeats, args.micro_batch_size)
-        results[name] = {"median_s": statistics.median(times), "times_s": times}
-    base = results["grpo"]["median_s"]
-    print(f"{'method':<8} {'median step (ms)':>17} {'x GRPO':>8}")
-    for name, result in results.items():
-        result["relative_to_grpo"] = result["median_s"] / base
-        print(f"{name:<8} {1000 * result['median_s']:>17.1f} {result['relative_to_grpo']:>8.2f}")
-    record = {
-        "benchmark": "methods step time (prepare + objective forward/backward)",
+    base, base_min = median_ms(times["grpo"]), 1000.0 * min(times["grpo"])
+    results = {name: {"registered": METHODS[name][0], "params": METHODS[name][1], "median_ms": median_ms(t),
+                      "ratio_to_grpo": median_ms(t) / base, "min_ms": 1000.0 * min(t),
+                      "min_ratio_to_grpo": 1000.0 * min(t) / base_min, "times_s": t}
+               for name, t in times.items()}
+    print_table(["method", "median ms", "ratio to GRPO", "min ms", "min ratio"],
+                [[name, r["median_ms"], r["ratio_to_grpo"], r["min_ms"], r["min_ratio_to_grpo"]]
+                 for name, r in results.items()])
+    path = write_record("methods", directory=args.records, payload={
         "setup": {"rollouts": len(batch), "group_size": args.group_size, "prompt_tokens": batch.prompt_ids.shape[1],
                   "response_tokens": batch.response_ids.shape[1], "hidden": args.hidden, "layers": args.layers,
-                  "micro_batch_size": args.micro_batch_size, "repeats": args.repeats, "device": args.device,
-                  "torch": torch.__version__, "machine": platform.machine(), "threads": torch.get_num_threads()},
-        "methods": {name: {"registered": METHODS[name][0], "params": METHODS[name][1], **result}
-                    for name, result in results.items()},
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
-    print(f"wrote {args.out}")
+                  "micro_batch_size": args.micro_batch_size, "repeats": args.repeats, "warmup": args.warmup,
+                  "device": args.device},
+        "results": results,
+    })
+    print(f"wrote {path}")
     return 0
 
 
