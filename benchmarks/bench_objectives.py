@@ -9,7 +9,8 @@ extra pass is a full forward, so those rows understate it). Objectives with a `p
 (CLIPO, CEPO) are timed end to end by `python -m benchmarks methods` instead.
 
     python -m benchmarks objectives [--rollouts 256] [--tokens 1024] [--group-size 8] [--micro-batch-size 64]
-                                    [--repeats 7] [--warmup 1] [--methods grpo conspo ...] [--records DIR]
+                                    [--repeats 15] [--warmup 2] [--methods grpo conspo ...] [--records DIR]
+                                    [--threads 1]
 """
 
 from __future__ import annotations
@@ -68,12 +69,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=1024)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--micro-batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--methods", nargs="*", help="registered names (default: all)")
     parser.add_argument("--records", type=Path, default=RECORDS, help="folder of the JSON record")
+    # One intra-op thread by default: this is elementwise, memory-bound work, and on a shared CPU the idle-spinning
+    # of a second OpenMP thread swung 2-thread medians by 10x between runs; 0 keeps torch's own choice.
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (0: torch's choice)")
     args = parser.parse_args(argv)
+    previous_threads = torch.get_num_threads()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    try:
+        return run(args)
+    finally:
+        torch.set_num_threads(previous_threads)  # callers in the same process (tests) keep their setting
 
+
+def run(args: argparse.Namespace) -> int:
     names = args.methods or available_objectives()
     if "grpo" not in names:
         names = ["grpo", *names]

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from benchmarks import __main__ as dispatcher
 from benchmarks import bench_objectives
@@ -34,6 +35,7 @@ def test_write_record_is_atomic_and_records_the_environment(tmp_path):
 
 
 def test_objectives_benchmark_runs_every_objective_on_a_tiny_batch(tmp_path, capsys):
+    threads = torch.get_num_threads()
     assert bench_objectives.main(["--rollouts", "16", "--tokens", "8", "--repeats", "1", "--warmup", "0",
                                   "--micro-batch-size", "5", "--records", str(tmp_path)]) == 0
     record = json.loads((tmp_path / "objectives.json").read_text())
@@ -42,3 +44,4 @@ def test_objectives_benchmark_runs_every_objective_on_a_tiny_batch(tmp_path, cap
     assert record["results"]["grpo"]["ratio_to_grpo"] == 1.0
     assert record["results"]["grpo"]["cpu_ratio_to_grpo"] == 1.0
     assert "ConSPO / GRPO" in capsys.readouterr().out
+    assert record["environment"]["threads"] == 1 and torch.get_num_threads() == threads  # restored afterwards
