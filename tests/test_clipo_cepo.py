@@ -14,7 +14,7 @@ from baselines.cepo import ADVANTAGE_SIGN, WEIGHTS, spliced_prompts, worst_rejec
 from baselines.clipo import infonce_losses, pooled_response_hidden, sample_positives
 from benchmarks.bench_methods import CharTokenizer, policy_context, policy_forward, tiny_policy, tiny_rollouts
 from conspo.batch import RolloutBatch
-from conspo.objective import RolloutContext, accumulate_gradients, build_objective
+from conspo.objective import RolloutContext, accumulate_gradients, build_objective, objective_parameters
 
 
 @pytest.fixture(scope="module")
@@ -264,3 +264,15 @@ def test_cepo_spliced_prompts_hold_the_right_answers(model, tokenizer):
         assert bool(pos_mask[row, -1]) and not bool(pos_mask[row][: int((~pos_mask[row]).sum())].any())  # left-padded
     ids, mask = spliced_prompts(batch, [[5]] * len(batch))
     assert ids.shape[1] == batch.prompt_ids.shape[1] + 1 and bool((ids[:, -1] == 5).all())
+
+
+def test_defaults_are_the_published_values():
+    clipo, cepo = objective_parameters("clipo"), objective_parameters("cepo")
+    assert {k: clipo[k] for k in ("base_method", "head_dim", "temperature", "reward_lambda", "max_penalty", "head_lr")} \
+        == {"base_method": "grpo", "head_dim": 2048, "temperature": 0.05, "reward_lambda": 0.2, "max_penalty": 0.5,
+            "head_lr": 1e-3}
+    assert {k: cepo[k] for k in ("clip_eps_low", "clip_eps_high", "lambda_init", "eps_w", "kl_coef")} \
+        == {"clip_eps_low": 0.2, "clip_eps_high": 0.28, "lambda_init": 1.0, "eps_w": 0.2, "kl_coef": 0.0}
+    assert build_objective("clipo").base.name == "grpo"
+    with pytest.raises(KeyError, match="unknown method 'grpoo'"):
+        build_objective("clipo", {"base_method": "grpoo"})
