@@ -130,6 +130,13 @@ class Plan:
             raise PlanError(f"{key}: unknown {what} {name!r}; known: {', '.join(known)}")
 
     def _check_references(self) -> None:
+        from .data import DATASETS
+
+        for section in ("datasets", "benchmarks"):
+            for name, spec in self.config[section].items():
+                if spec["prepare"]["dataset"] not in DATASETS:
+                    raise PlanError(f"{section}.{name}.prepare.dataset: unknown dataset {spec['prepare']['dataset']!r};"
+                                    f" known: {', '.join(DATASETS)}")
         for bench, spec in self.benchmarks.items():
             if spec["metric"].startswith("avg@") and int(spec["metric"][4:]) != spec["samples"]:
                 raise PlanError(f"benchmarks.{bench}.samples: {spec['metric']} needs {spec['metric'][4:]} samples "

@@ -1,8 +1,13 @@
 # Planning lives in conspo.plan (tested); this file only exposes it to the rules.
 import os
 import re
+import sys
 
 from conspo.plan import Plan, command_args, dump_json, slug, write_yaml
+
+# `conspo`, `accelerate` and `hf` come from the environment running Snakemake, activated or not
+# (an environment activated by --sdm conda comes first in PATH again).
+os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
 
 PLAN = Plan.from_config(config)
 R = PLAN.results
@@ -12,8 +17,8 @@ SLURM = {
     "slurm_partition": os.environ.get("CONSPO_SLURM_PARTITION", ""),
     "slurm_account": os.environ.get("CONSPO_SLURM_ACCOUNT", ""),
 }
-# Cluster users: `conda env create -f environment.yml`, then `--sdm conda` activates this named environment.
-CONDA_ENV = "conspo"
+# The software of every rule when Snakemake deploys it (--sdm conda); paths are relative to workflow/rules/.
+CONDA_ENV = "../envs/conspo.yaml"
 JOB_RESOURCES = ("nodes", "tasks", "tasks_per_gpu", "gres", "mpi", "cpus_per_task", "mem_mb", "runtime",
                  "slurm_partition", "slurm_account")
 
