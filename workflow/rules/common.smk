@@ -5,9 +5,8 @@ import sys
 
 from conspo.plan import Plan, command_args, dump_json, slug, write_yaml
 
-# `conspo`, `accelerate` and `hf` come from the environment running Snakemake, activated or not
-# (an environment activated by --sdm conda comes first in PATH again).
-os.environ["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])
+# `conspo`, `accelerate` and `hf` are those of the environment that runs Snakemake, whether it is activated or not.
+shell.prefix(f'set -euo pipefail; export PATH="{os.path.dirname(sys.executable)}:$PATH"; ')
 
 PLAN = Plan.from_config(config)
 R = PLAN.results
