@@ -26,9 +26,12 @@ from conspo.surrogate import GroupRelative
 
 
 def sign_aware_log_clip(log_ratio: Tensor, advantages: Tensor, eps_low: float, eps_high: float) -> Tensor:
-    """Clip only on the side that would increase the objective: the upper side for A > 0, the lower for A <= 0."""
-    clipped = torch.clamp(log_ratio, -eps_low, eps_high)
-    return torch.where(advantages > 0, torch.minimum(log_ratio, clipped), torch.maximum(log_ratio, clipped))
+    """sign(A) min(sign(A) d, sign(A) clip(d, -eps_low, eps_high)): only the side that would increase the objective is
+    clipped, i.e. d <= eps_high for A > 0 and d >= -eps_low otherwise -- written as one clamp with per-row bounds."""
+    positive, bound = advantages > 0, log_ratio.new_tensor  # bounds in the log-ratios' dtype
+    upper = torch.where(positive, bound(eps_high), bound(torch.inf))
+    lower = torch.where(positive, bound(-torch.inf), bound(-eps_low))
+    return torch.clamp(log_ratio, min=lower, max=upper)
 
 
 @register_objective("gmpo")
