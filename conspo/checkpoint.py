@@ -3,7 +3,8 @@
 - the policy as a `save_pretrained` folder (safetensors + tokenizer), loadable by the evaluation engines;
 - `state/`: accelerate's `save_state` (model, optimizer, scheduler and the python/numpy/torch RNG states of every
   rank; sharded the way the engine needs under FSDP/DeepSpeed; loaded with weights_only=True);
-- `trainer_state.json`: step, data-stream position, training progress (the margin schedule's input).
+- `trainer_state.json`: step, data-stream position, training progress (the margin schedule's input);
+- `objective_state.pt`: the objective's own state (e.g. CLIPO's contrastive head), loaded with weights_only=True.
 
 Every rank writes into `step-N.tmp/`; the main process renames it to `step-N/` once all ranks are done (os.replace),
 so a checkpoint folder without the `.tmp` suffix is complete. A kill at any point leaves either the previous
@@ -18,7 +19,10 @@ import re
 import shutil
 from pathlib import Path
 
+import torch
+
 STATE_FILE = "trainer_state.json"
+OBJECTIVE_FILE = "objective_state.pt"
 STEP_DIR = re.compile(r"^step-(\d{6})$")
 
 
@@ -42,7 +46,8 @@ def remove_partial(out: Path) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def save_checkpoint(accelerator, model, tokenizer, out: Path, step: int, trainer_state: dict) -> Path:
+def save_checkpoint(accelerator, model, tokenizer, out: Path, step: int, trainer_state: dict,
+                    objective_state: dict) -> Path:
     final = step_dir(out, step)
     tmp = final.with_name(final.name + ".tmp")
     if accelerator.is_main_process:
@@ -54,6 +59,7 @@ def save_checkpoint(accelerator, model, tokenizer, out: Path, step: int, trainer
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        torch.save(objective_state, tmp / OBJECTIVE_FILE)
         (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -61,10 +67,11 @@ def save_checkpoint(accelerator, model, tokenizer, out: Path, step: int, trainer
     return final
 
 
-def load_checkpoint(accelerator, path: Path) -> dict:
-    """Restore model, optimizer, scheduler and RNG states from `path`; return its trainer state."""
+def load_checkpoint(accelerator, path: Path) -> tuple[dict, dict]:
+    """Restore model, optimizer, scheduler and RNG states from `path`; return its trainer and objective states."""
     accelerator.load_state(str(Path(path) / "state"))
-    return json.loads((Path(path) / STATE_FILE).read_text())
+    objective_state = torch.load(Path(path) / OBJECTIVE_FILE, map_location="cpu", weights_only=True)
+    return json.loads((Path(path) / STATE_FILE).read_text()), objective_state
 
 
 def truncate_metrics(metrics_path: Path, last_step: int) -> None:

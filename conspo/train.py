@@ -1,0 +1,450 @@
+"""`conspo train --config run.yaml --out DIR [--max-steps N]`: one RL training run (docs/training.md).
+
+Each step, top to bottom:
+  1. prompts: the next `prompts_per_step` of a seeded per-epoch permutation; rank r of W takes a contiguous share,
+     so every group lives whole on one rank;
+  2. rollouts: G samples per prompt from the live policy (transformers on CPU, TRL's vLLM generation on GPUs);
+  3. rewards: the verifier's verdicts, plus DAPO's overlong shaping when configured; with dynamic sampling, groups
+     whose rewards are all equal are dropped and more prompts are drawn (capped rounds);
+  4. old log-probs: one no-grad forward (and the reference policy's when the objective needs it);
+  5. the objective's own preparation hook, then its advantages from group statistics;
+  6. updates: `mini_batches_per_step` x `ppo_epochs` optimizer steps, each through `accumulate_gradients` (exact
+     group gradients, scores all-gathered across ranks); the first is on-policy and reuses the old log-probs as its
+     terms; gradient clipping, AdamW, the learning-rate schedule;
+  7. metrics line, and a checkpoint every `checkpoint_every` steps and at the last.
+The trainer never looks at a method's name: only at the objective's attributes (`needs_reference`).
+Resuming: a re-run with the same config and DIR continues from the newest complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
+from tqdm import tqdm
+
+from .batch import RolloutBatch
+from .checkpoint import latest_checkpoint, load_checkpoint, remove_partial, save_checkpoint, truncate_metrics
+from .data import format_prompt, read_jsonl
+from .distributed import collective_for
+from .losses import degenerate_fraction
+from .models import load_policy
+from .objective import RolloutContext, accumulate_gradients, build_objective
+from .rollout import make_sampler, pad, prompt_token_ids, response_logits, token_entropy, token_logprobs, chunk_seed
+from .runconfig import (ConfigError, RunConfig, check_world_size, checkpoint_steps, config_to_dict, load_config,
+                        total_steps)
+from .shaping import DynamicSampling, OverlongShaping
+from .verifier import Verifier
+
+log = logging.getLogger("conspo.train")
+
+TIMING_KEYS = ("time/step", "time/rollout", "time/update", "throughput/tokens_per_s")
+
+
+class PromptStream:
+    """The order in which training prompts are drawn: a seeded permutation per epoch, consumed in order. Its
+    position (epoch, offset) is part of the checkpoint."""
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch, self.offset = n, seed, 0, 0
+
+    def _order(self, epoch: int) -> list[int]:
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(chunk_seed(self.seed, epoch))).tolist()
+
+    def take(self, k: int) -> list[int]:
+        out = []
+        while len(out) < k:
+            order = self._order(self.epoch)
+            grab = order[self.offset:self.offset + k - len(out)]
+            out += grab
+            self.offset += len(grab)
+            if self.offset == self.n:
+                self.epoch, self.offset = self.epoch + 1, 0
+        return out
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "offset": self.offset}
+
+    def load(self, state: dict) -> None:
+        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
+
+
+@dataclass
+class Rollouts:
+    """One generation round of this rank, row-wise (G rows per prompt)."""
+
+    prompt_ids: list[list[int]]
+    response_ids: list[list[int]]
+    texts: list[str]
+    answers: list[str]
+    rewards: torch.Tensor
+    correct: torch.Tensor
+    truncated: torch.Tensor
+    group_ids: torch.Tensor
+
+    def select(self, keep: torch.Tensor) -> "Rollouts":
+        rows = torch.nonzero(keep).flatten().tolist()
+        return Rollouts([self.prompt_ids[i] for i in rows], [self.response_ids[i] for i in rows],
+                        [self.texts[i] for i in rows], [self.answers[i] for i in rows], self.rewards[keep],
+                        self.correct[keep], self.truncated[keep], self.group_ids[keep])
+
+    @staticmethod
+    def cat(parts: list["Rollouts"]) -> "Rollouts":
+        return Rollouts(*(sum((getattr(p, f) for p in parts), []) for f in ("prompt_ids", "response_ids", "texts",
+                                                                             "answers")),
+                        *(torch.cat([getattr(p, f) for p in parts]) for f in ("rewards", "correct", "truncated",
+                                                                                "group_ids")))
+
+
+def lr_lambda(schedule: str, warmup: int, total: int):
+    def factor(i: int) -> float:
+        if i < warmup:
+            return (i + 1) / warmup
+        done = (i - warmup) / max(1, total - warmup)
+        return {"constant": 1.0, "linear": 1.0 - done, "cosine": 0.5 * (1.0 + math.cos(math.pi * done))}[schedule]
+    return factor
+
+
+def setup_logging(out: Path, main_process: bool) -> None:
+    log.setLevel(logging.INFO)
+    if main_process and not any(isinstance(h, logging.FileHandler) for h in log.handlers):
+        handler = logging.FileHandler(out / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+
+
+def first_difference(a, b, prefix=""):
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = first_difference(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)
+            if found:
+                return found
+        return None
+    return None if a == b else prefix
+
+
+def train(cfg: RunConfig, out: Path) -> dict:
+    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    world, rank = accelerator.num_processes, accelerator.process_index
+    check_world_size(cfg, world)
+    out.mkdir(parents=True, exist_ok=True)
+    setup_logging(out, accelerator.is_main_process)
+    if (out / "done.json").exists():
+        log.info("%s: run already finished (done.json)", out)
+        return json.loads((out / "done.json").read_text())
+
+    resolved = config_to_dict(cfg)
+    saved = out / "config.yaml"
+    if saved.exists():
+        key = first_difference(yaml.safe_load(saved.read_text()), resolved)
+        if key:
+            raise ConfigError(f"{key}: differs from the config this run started with ({saved}); use a new --out")
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process and not saved.exists():
+        saved.write_text(yaml.safe_dump(resolved, sort_keys=False))
+
+    # ------------------------------------------------------------------------------------------------ set-up
+    set_seed(cfg.seed)
+    t, G = cfg.train, cfg.rollout.group_size
+    records = read_jsonl(cfg.data.train)[:cfg.data.limit]
+    n_steps = total_steps(cfg, len(records))
+    saves = set(checkpoint_steps(cfg, len(records)))
+    model, tokenizer = load_policy(cfg.model.path, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
+    encoded = [prompt_token_ids(tokenizer, format_prompt(r["problem"]), cfg.model.chat_template) for r in records]
+    usable = [i for i, ids in enumerate(encoded) if len(ids) <= cfg.rollout.max_prompt_tokens]
+    if not usable:
+        raise ConfigError(f"rollout.max_prompt_tokens: all {len(records)} prompts are longer than "
+                          f"{cfg.rollout.max_prompt_tokens} tokens")
+    if t.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    model.train()
+    objective = build_objective(cfg.method.name, cfg.method.params)
+    reference = None
+    if objective.needs_reference:
+        reference = load_policy(cfg.model.path, dtype=cfg.model.dtype,
+                                trust_remote_code=cfg.model.trust_remote_code)[0]
+    updates_per_step = t.mini_batches_per_step * t.ppo_epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.adam_betas, eps=t.adam_eps,
+                                  weight_decay=t.weight_decay)
+    # not passed to prepare(): accelerate would step it once per process; registered for checkpoints instead
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(t.lr_schedule, t.warmup_steps, n_steps * updates_per_step))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+    if reference is not None:
+        reference = accelerator.prepare_model(reference, evaluation_mode=True)
+    policy = accelerator.unwrap_model(model)
+    sampler = make_sampler(cfg, policy, tokenizer, accelerator)
+    collective = collective_for(accelerator)
+    ddp = accelerator.distributed_type in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+    stop_ids = {tokenizer.eos_token_id, *(lambda e: e if isinstance(e, list) else [e])(
+        getattr(policy.generation_config, "eos_token_id", None))} - {None}
+    pad_id = tokenizer.pad_token_id
+    shaping = OverlongShaping(cfg.overlong_shaping.buffer, cfg.overlong_shaping.penalty) \
+        if cfg.overlong_shaping.enabled else None
+    stream = PromptStream(len(usable), cfg.seed)
+
+    start = 0
+    if accelerator.is_main_process:
+        remove_partial(out)
+    accelerator.wait_for_everyone()
+    resume_from = latest_checkpoint(out)
+    if resume_from is not None:
+        state, objective_state = load_checkpoint(accelerator, resume_from)
+        objective.load_state_dict(objective_state)
+        start = state["step"]
+        stream.load(state["stream"])
+        sampler.sync_weights()
+        if accelerator.is_main_process:
+            truncate_metrics(out / "metrics.jsonl", start)
+        log.info("resumed from %s (step %d of %d)", resume_from, start, n_steps)
+    else:
+        log.info("run %s: %d prompts (%d usable), %d steps, method %s, %d process(es)", cfg.name, len(records),
+                 len(usable), n_steps, cfg.method.name, world)
+    accelerator.wait_for_everyone()
+
+    writer = None
+    if accelerator.is_main_process:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            writer = SummaryWriter(str(out / "tensorboard"))
+        except ImportError:
+            pass
+
+    # ------------------------------------------------------------------------------------------------ helpers
+    def forward_logprobs(net, batch, with_entropy=False):
+        """No-grad per-token log-probs (and entropies) of the responses, micro-batch by micro-batch."""
+        lps, ents = [], []
+        with torch.no_grad():
+            for _, mb in batch.micro_batches(t.micro_batch_size):
+                logits, _ = response_logits(net, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask,
+                                            cfg.rollout.temperature)
+                lps.append(token_logprobs(logits, mb.response_ids))
+                if with_entropy:
+                    ents.append(token_entropy(logits))
+        return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
+
+    def rows_forward(output_hidden):
+        def run(prompt_ids, prompt_mask, response_ids, response_mask):
+            parts = []
+            for s in range(0, len(prompt_ids), t.micro_batch_size):
+                sl = slice(s, s + t.micro_batch_size)
+                logits, hidden = response_logits(policy, prompt_ids[sl], prompt_mask[sl], response_ids[sl],
+                                                 response_mask[sl], cfg.rollout.temperature, output_hidden)
+                parts.append(hidden if output_hidden else token_logprobs(logits, response_ids[sl]).detach())
+            return torch.cat(parts)
+        return run
+
+    def generate_round(indices, step, round_index, first_position, group_base):
+        recs = [records[usable[i]] for i in indices]
+        texts = [format_prompt(r["problem"]) for r in recs]
+        prompt_ids = [encoded[usable[i]] for i in indices]
+        responses = sampler.sample(texts, prompt_ids, G, (cfg.seed, step, round_index), first_position)
+        rows = [resp for group in responses for resp in group]
+        if any(len(r) == 0 for r in rows):
+            raise RuntimeError("the rollout engine returned an empty response")
+        decoded = tokenizer.batch_decode(rows, skip_special_tokens=True)
+        answers = [r["answer"] for r in recs for _ in range(G)]
+        verdicts = verifier.verify(decoded, answers)
+        correct = torch.tensor([v.correct for v in verdicts])
+        truncated = torch.tensor([r[-1] not in stop_ids for r in rows])
+        rewards = correct.float()
+        if shaping is not None:
+            lengths = torch.tensor([len(r) for r in rows], dtype=torch.float32)
+            rewards = shaping(rewards, lengths, cfg.rollout.max_new_tokens)
+        group_ids = torch.arange(len(indices)).repeat_interleave(G) + group_base
+        return Rollouts([ids for ids in prompt_ids for _ in range(G)], rows, decoded, answers, rewards, correct,
+                        truncated, group_ids)
+
+    def any_rank(flag: bool) -> bool:
+        return bool(accelerator.reduce(torch.tensor([float(flag)]), reduction="sum").item() > 0)
+
+    # ------------------------------------------------------------------------------------------------ loop
+    per_rank = t.prompts_per_step // world
+    bar = tqdm(total=n_steps, initial=start, disable=not accelerator.is_main_process, desc=cfg.name, unit="step")
+    metrics_file = out / "metrics.jsonl"
+    with Verifier(cfg.verifier.extraction, cfg.verifier.timeout, cfg.verifier.workers) as verifier:
+        for step in range(start, n_steps):
+            progress = min(step / n_steps, 1.0)
+            started = time.perf_counter()
+
+            # 1-3. prompts -> rollouts -> rewards (-> dynamic sampling)
+            dynamic = DynamicSampling(per_rank, cfg.dynamic_sampling.max_rounds - 1) \
+                if cfg.dynamic_sampling.enabled else None
+            parts, round_index = [], 0
+            while True:
+                drawn = stream.take(t.prompts_per_step)
+                mine = drawn[rank * per_rank:(rank + 1) * per_rank]
+                rollouts = generate_round(mine, step, round_index, rank * per_rank,
+                                          round_index * t.prompts_per_step + rank * per_rank)
+                round_index += 1
+                if dynamic is None:
+                    parts.append(rollouts)
+                    break
+                if dynamic.wants_more():
+                    parts.append(rollouts.select(dynamic.add(rollouts.rewards, rollouts.group_ids)))
+                if not any_rank(dynamic.wants_more()):
+                    break
+            if dynamic is not None and dynamic.n_kept == 0:
+                parts = [rollouts]  # nothing informative within the cap: train on the last round (never empty)
+            rollouts = Rollouts.cat(parts)
+            rollout_time = time.perf_counter() - started
+
+            # 4. old (and reference) log-probs
+            prompt_ids, prompt_mask = pad(rollouts.prompt_ids, pad_id, left=True)
+            response_ids, response_mask = pad(rollouts.response_ids, pad_id, left=False)
+            batch = RolloutBatch.create(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
+                                        response_mask=response_mask, old_logprobs=torch.zeros(response_ids.shape),
+                                        rewards=rollouts.rewards, correct=rollouts.correct,
+                                        group_ids=rollouts.group_ids, truncated=rollouts.truncated)
+            batch.old_logprobs, entropy = forward_logprobs(policy, batch, with_entropy=True)
+            if reference is not None:
+                batch.ref_logprobs, _ = forward_logprobs(reference, batch)
+            batch.validate()
+
+            # 5. method-specific preparation, then advantages from whole groups
+            context = RolloutContext(response_logprobs=rows_forward(False), response_hidden=rows_forward(True),
+                                     tokenizer=tokenizer, answers=rollouts.answers, responses=rollouts.texts,
+                                     step=step, progress=progress, micro_batch_size=t.micro_batch_size,
+                                     collective=collective)
+            batch = objective.prepare(batch, context)
+            batch = batch.with_advantages(objective.advantages(batch.rewards, batch.group_ids))
+
+            # 6. optimizer steps: mini-batches of whole groups, ppo_epochs passes
+            update_started = time.perf_counter()
+            group_ids = torch.unique(batch.group_ids)
+            ratio_counts = torch.zeros(3)  # tokens below 1-0.2, above 1+0.2, all
+            losses, grad_norms, objective_metrics = [], [], []
+            for epoch in range(t.ppo_epochs):
+                order = group_ids
+                if updates_per_step > 1:
+                    shuffle = torch.Generator().manual_seed(chunk_seed(cfg.seed, step, epoch))
+                    order = group_ids[torch.randperm(len(group_ids), generator=shuffle)]
+                for chosen in torch.tensor_split(order, t.mini_batches_per_step):
+                    mini = batch.select(torch.nonzero(torch.isin(batch.group_ids, chosen)).flatten())
+                    on_policy = not losses  # no optimizer step yet since the rollouts: old log-probs are current
+                    seen = [0]
+
+                    def logprob_fn(mb, mini=mini, seen=seen):
+                        grad_pass = torch.is_grad_enabled()
+                        last = seen[0] + len(mb) >= len(mini)
+                        with accelerator.no_sync(model) if ddp and grad_pass and not last else nullcontext():
+                            logits, _ = response_logits(model, mb.prompt_ids, mb.prompt_mask, mb.response_ids,
+                                                        mb.response_mask, cfg.rollout.temperature)
+                        lp = token_logprobs(logits, mb.response_ids)
+                        if grad_pass:
+                            seen[0] += len(mb)
+                            with torch.no_grad():
+                                ratio = torch.exp(lp - mb.old_logprobs)[mb.response_mask]
+                                ratio_counts.add_(torch.tensor([(ratio < 0.8).sum(), (ratio > 1.2).sum(),
+                                                                ratio.numel()], dtype=torch.float32))
+                        return lp
+
+                    terms = objective.sequence_terms(mini, mini.old_logprobs) if on_policy else None
+                    optimizer.zero_grad(set_to_none=True)
+                    loss, obj_metrics = accumulate_gradients(objective, mini, logprob_fn,
+                                                             micro_batch_size=t.micro_batch_size, progress=progress,
+                                                             terms=terms, collective=collective)
+                    norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm or float("inf"))
+                    optimizer.step()
+                    scheduler.step()
+                    losses.append(loss)
+                    grad_norms.append(float(norm))
+                    objective_metrics.append(obj_metrics)
+            sampler.sync_weights()
+            update_time = time.perf_counter() - update_started
+
+            # 7. metrics (global over ranks) and checkpoints
+            info = batch.info
+            rewards, _ = collective.gather(info.rewards)
+            correct, _ = collective.gather(info.correct.float())
+            groups, _ = collective.gather(info.group_ids)
+            lengths, _ = collective.gather(info.lengths)
+            truncated, _ = collective.gather(info.truncated.float())
+            prompt_tokens = accelerator.reduce(batch.prompt_mask.sum().float().reshape(1), reduction="sum")
+            ent = accelerator.reduce(torch.stack([(entropy * batch.response_mask).sum(),
+                                                  batch.response_mask.sum().float()]), reduction="sum")
+            ratios = accelerator.reduce(ratio_counts, reduction="sum")
+            step_time = time.perf_counter() - started
+            record = {
+                "step": step + 1,
+                "progress": progress,
+                "epoch": stream.epoch + stream.offset / stream.n,
+                "reward": float(rewards.mean()),
+                "pass_rate": float(correct.mean()),
+                "degenerate_groups": degenerate_fraction(correct.bool(), groups),
+                "response_length": float(lengths.mean()),
+                "response_length_max": float(lengths.max()),
+                "truncated": float(truncated.mean()),
+                "entropy": float(ent[0] / ent[1]),
+                "clip_frac_low": float(ratios[0] / ratios[2]),
+                "clip_frac_high": float(ratios[1] / ratios[2]),
+                "loss": sum(losses) / len(losses),
+                "grad_norm": sum(grad_norms) / len(grad_norms),
+                "lr": scheduler.get_last_lr()[0],
+                "rollouts": len(rewards),
+                **{f"objective/{k}": sum(m[k] for m in objective_metrics) / len(objective_metrics)
+                   for k in objective_metrics[0] if isinstance(objective_metrics[0][k], (int, float))},
+                **(dynamic.metrics() if dynamic is not None else {}),
+                "time/step": step_time,
+                "time/rollout": rollout_time,
+                "time/update": update_time,
+                "throughput/tokens_per_s": float(prompt_tokens.item() + lengths.sum()) / step_time,
+            }
+            if accelerator.is_main_process:
+                with metrics_file.open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                if writer is not None:
+                    for key, value in record.items():
+                        if isinstance(value, float) and math.isfinite(value):
+                            writer.add_scalar(key, value, step + 1)
+                log.info("step %d/%d reward %.3f pass %.3f loss %.4f grad %.3f len %.1f %.1fs", step + 1, n_steps,
+                         record["reward"], record["pass_rate"], record["loss"], record["grad_norm"],
+                         record["response_length"], step_time)
+                bar.update(1)
+                bar.set_postfix(reward=f"{record['reward']:.3f}", loss=f"{record['loss']:.4f}")
+            if step + 1 in saves:
+                save_checkpoint(accelerator, model, tokenizer, out, step + 1,
+                                {"step": step + 1, "total_steps": n_steps, "progress": (step + 1) / n_steps,
+                                 "stream": stream.state()}, objective.state_dict())
+    bar.close()
+    done = {"steps": n_steps, "final_checkpoint": str(Path("checkpoints") / f"step-{n_steps:06d}"),
+            "checkpoints": sorted(saves)}
+    if accelerator.is_main_process:
+        (out / "done.json").write_text(json.dumps(done, indent=2) + "\n")
+        if writer is not None:
+            writer.close()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return done
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="conspo train", description="one RL training run from a run config")
+    parser.add_argument("--config", required=True, help="run config YAML (docs/design.md, docs/training.md)")
+    parser.add_argument("--out", required=True, help="output folder: checkpoints, metrics.jsonl, train.log")
+    parser.add_argument("--max-steps", type=int, default=None, help="cap train.total_steps (recorded in the config)")
+    args = parser.parse_args(argv[1:])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.config)
+        if args.max_steps is not None:
+            if args.max_steps <= 0:
+                raise ConfigError(f"--max-steps: must be > 0, got {args.max_steps}")
+            cfg.train.total_steps = min(args.max_steps, cfg.train.total_steps or args.max_steps)
+        train(cfg, Path(args.out))
+    except ConfigError as err:
+        log.error("bad run config %s: %s", args.config, err)
+        print(f"conspo train: bad run config {args.config}: {err}")
+        return 2
+    return 0
