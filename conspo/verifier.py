@@ -22,7 +22,7 @@ import os
 import re
 import resource
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ EXTRACTIONS = ("boxed", "last")
 BOX_OPENING = "\\boxed{"
 # Pairs every new worker judges before taking work: the first parse/compare of each kind is slow (lazy imports).
 WARM_UP = (("\\boxed{2\\sqrt{2}}", "(0,1]"), ("so x = \\frac{1}{2}", "0.5"), ("\\boxed{x=5}", "5, 6"))
+PIPELINE_DEPTH = 2  # tasks sent ahead to each worker, so it never waits for this process to hand it the next one
 STARTUP_TIMEOUT = 120.0  # seconds for a new worker process to come up (imports sympy unless preloaded)
 
 
@@ -158,7 +159,7 @@ def _worker_loop(connection, extraction: str, parse_timeout: int, memory_headroo
 
 
 class _Worker:
-    """One verification process, its pipe, and the task it is busy with (if any)."""
+    """One verification process, its pipe, and the tasks sent to it (oldest, the one being judged, first)."""
 
     def __init__(self, context, extraction: str, parse_timeout: int, memory_headroom_bytes: int | None):
         self.connection, child_end = context.Pipe()
@@ -169,8 +170,8 @@ class _Worker:
         if not self._came_up():
             self.kill()
             raise RuntimeError(f"a verifier worker did not start within {STARTUP_TIMEOUT:.0f} s")
-        self.task: bytes | None = None
-        self.deadline = math.inf
+        self.queue: deque[bytes] = deque()
+        self.deadline = math.inf  # when the oldest task's time is up
 
     def _came_up(self) -> bool:
         try:
@@ -180,8 +181,15 @@ class _Worker:
 
     def submit(self, task: bytes, response: str, gold: str, timeout: float) -> None:
         self.connection.send((response, gold))
-        self.task = task
-        self.deadline = time.monotonic() + timeout
+        self.queue.append(task)
+        if len(self.queue) == 1:
+            self.deadline = time.monotonic() + timeout
+
+    def finish(self, timeout: float) -> bytes:
+        """The oldest task, whose answer just arrived; the worker is on the next one now, so its clock starts."""
+        task = self.queue.popleft()
+        self.deadline = time.monotonic() + timeout if self.queue else math.inf
+        return task
 
     def stop(self, grace: float = 1.0) -> None:
         try:
@@ -313,39 +321,46 @@ class Verifier:
 
     def _dispatch(self, tasks: list[tuple[bytes, str, str]]) -> dict[bytes, tuple[bool, str | None, bool]]:
         results: dict[bytes, tuple[bool, str | None, bool]] = {}
-        pending = list(reversed(tasks))
+        pending = deque(tasks)
         task_of = {key: (answer_text, gold) for key, answer_text, gold in tasks}
-        while pending or any(worker.task is not None for worker in self._pool):
-            for slot, worker in enumerate(self._pool):
-                if worker.task is None and pending:
-                    key, answer_text, gold = pending[-1]
+
+        def replace(slot: int) -> None:
+            """Kill the worker in `slot`, start another, and hand back the tasks it had not begun."""
+            not_begun = list(self._pool[slot].queue)[1:]
+            self._replace(slot)
+            pending.extendleft((key, *task_of[key]) for key in reversed(not_begun))
+
+        while pending or any(worker.queue for worker in self._pool):
+            for slot in range(len(self._pool)):
+                while pending and len(self._pool[slot].queue) < PIPELINE_DEPTH:
                     try:
-                        worker.submit(key, answer_text, gold, self.timeout)
-                    except OSError:  # the worker died while idle: replace it and retry the task
-                        logger.warning("verifier worker %d had died while idle; replaced", worker.process.pid)
-                        self._replace(slot)
+                        self._pool[slot].submit(*pending[0], self.timeout)
+                    except OSError:  # the worker is dead: whatever it was judging killed it
+                        if self._pool[slot].queue:
+                            key = self._pool[slot].queue[0]
+                            logger.error("verifier worker died on gold %r, answer %.80r; counted incorrect",
+                                         task_of[key][1], task_of[key][0])
+                            results[key] = (False, None, False)
+                        replace(slot)
                         continue
-                    pending.pop()
-            busy = [worker for worker in self._pool if worker.task is not None]
-            if not busy:
-                continue
+                    pending.popleft()
+            busy = [worker for worker in self._pool if worker.queue]
             wait_for = max(0.0, min(worker.deadline for worker in busy) - time.monotonic())
             ready = set(multiprocessing.connection.wait([worker.connection for worker in busy], wait_for))
             for slot, worker in enumerate(self._pool):
-                if worker.task is None:
+                if not worker.queue:
                     continue
-                key = worker.task
-                answer_text, gold = task_of[key]
+                answer_text, gold = task_of[worker.queue[0]]
                 if worker.connection in ready:
                     try:
                         correct, extracted, timed_out = worker.connection.recv()
                     except (EOFError, OSError):
                         logger.error("verifier worker died on gold %r, answer %.80r; counted incorrect",
                                      gold, answer_text)
-                        results[key] = (False, None, False)
-                        self._replace(slot)
+                        results[worker.queue[0]] = (False, None, False)
+                        replace(slot)
                         continue
-                    worker.task = None
+                    key = worker.finish(self.timeout)
                     self.checked += 1
                     if timed_out:
                         self.timeouts += 1
@@ -359,8 +374,8 @@ class Verifier:
                     self.timeouts += 1
                     logger.warning("verification exceeded %.1f s on gold %r, answer %.80r; worker killed, counted "
                                    "incorrect", self.timeout, gold, answer_text)
-                    results[key] = (False, None, True)
-                    self._replace(slot)
+                    results[worker.queue[0]] = (False, None, True)
+                    replace(slot)
         return results
 
     def _replace(self, slot: int) -> None:
