@@ -11,7 +11,7 @@ more likely and the wrong answer less likely get more credit:
 
 A^_t replaces A_i in the clipped surrogate -min(rho_t A^_t, clip(rho_t, 1 - 0.2, 1 + 0.28) A^_t), seq-mean-token-mean.
 The multiplier in brackets lies in [1 - lambda eps_w, 1 + lambda eps_w]. A group without a rejected rollout has
-r- = r+, so Delta_t = 0 and the method is exactly the clipped surrogate there (its rows skip the r- pass).
+r- = r+, so Delta_t = 0 and the method is exactly the clipped surrogate there (its rows skip the teacher passes).
 
 Choices where the source leaves room:
 - "worst" rejected rollout: the lowest reward among the incorrect rollouts (the source's criterion); with binary
@@ -20,7 +20,8 @@ Choices where the source leaves room:
 - r-: the content of that rollout's last \\boxed{...}; without one, its first 50 characters; if that is blank, r+
   (as in the source). The splice is `answer_hint` with the answer filled in, " {answer}" in the source.
 - sign(A_i) is taken from the advantages this objective gives the prepared rewards (the trainer stores the same).
-- Once lambda reaches 0 the teacher passes are skipped (the source does too) and the weights are exactly 1.
+- Once lambda reaches 0 the teacher passes are skipped (the source does too) and the weights are exactly 1; rows
+  with A_i = 0 (groups whose rewards are all equal) skip them too, their weights do not change the loss.
 """
 
 from __future__ import annotations
@@ -118,7 +119,8 @@ class CEPO(GRPO):
         sign = torch.sign(self.advantages(batch.rewards, batch.group_ids))
         delta = torch.zeros(batch.response_ids.shape, dtype=torch.float32, device=batch.response_ids.device)
         worst = worst_rejected(batch)
-        contrasted = torch.nonzero(worst >= 0).flatten()  # rows whose group has a rejected rollout
+        # rows that need the teacher passes: a rejected rollout in the group (else r- = r+) and A_i != 0
+        contrasted = torch.nonzero((worst >= 0) & (sign.cpu() != 0)).flatten()
         if lam > 0 and len(contrasted):
             sub = batch.select(contrasted)
             positive = [self.hint_tokens(context.answers[i], context.tokenizer) for i in contrasted.tolist()]

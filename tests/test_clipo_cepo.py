@@ -200,7 +200,8 @@ def test_cepo_without_rejected_rollouts_is_the_clipped_surrogate(model, tokenize
 
 
 def test_cepo_weights_bounds_and_no_gradient_through_teacher_passes(model, tokenizer):
-    batch, answers, responses = tiny_rollouts(model, tokenizer, [[True, False, True, False], [False, True, False]])
+    batch, answers, responses = tiny_rollouts(model, tokenizer, [[True, False, True, False], [False, True, False],
+                                                                 [True, True]])
     context = policy_context(model, tokenizer, answers, responses)
     teacher_outputs = []
 
@@ -219,6 +220,7 @@ def test_cepo_weights_bounds_and_no_gradient_through_teacher_passes(model, token
     assert not batch.extras[WEIGHTS].requires_grad
     assert bool((weights >= 1 - lam * 0.2 - 1e-6).all()) and bool((weights <= 1 + lam * 0.2 + 1e-6).all())
     assert bool((weights != 1).any())
+    assert bool((batch.extras[WEIGHTS][batch.group_ids == 2] == 1).all())  # the group without a rejected rollout
     # the loss gradient equals the clipped surrogate's with the token advantages held fixed
     model.zero_grad(set_to_none=True)
     loss, grads = loss_and_grads(cepo, batch, model)
