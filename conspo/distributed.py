@@ -38,7 +38,7 @@ def launch_command(*, config: str, out: str, nodes: int = 1, gpus_per_node: int 
     One node: `accelerate launch` starts the local processes (prefixed with `srun` inside a SLURM allocation).
     Several nodes: `srun` starts one launcher per node; each reads its machine rank from SLURM_NODEID and meets the
     others at the allocation's first host, so the inner command is quoted for the shell on every node.
-    `gpus_per_node=0` means CPU processes (gloo), `nodes` must then be 1.
+    `gpus_per_node=0` means two CPU processes (gloo, config/accelerate/cpu_2proc.yaml); `nodes` must then be 1.
     """
     if nodes < 1 or gpus_per_node < 0:
         raise ValueError(f"need nodes >= 1 and gpus_per_node >= 0, got {nodes}, {gpus_per_node}")
@@ -50,8 +50,6 @@ def launch_command(*, config: str, out: str, nodes: int = 1, gpus_per_node: int 
     if max_steps is not None:
         train += ["--max-steps", str(max_steps)]
     launcher = ["accelerate", "launch", "--config_file", acc, "--num_processes", str(processes)]
-    if gpus_per_node == 0:
-        launcher.append("--cpu")
     if nodes == 1:
         command = shlex.join(launcher + train)
         return f"srun --nodes 1 --ntasks 1 {command}" if use_srun else command

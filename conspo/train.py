@@ -134,7 +134,9 @@ def first_difference(a, b, prefix=""):
 
 
 def train(cfg: RunConfig, out: Path) -> dict:
-    accelerator = Accelerator(kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    # cpu=True on machines without CUDA: accelerate then joins the launched processes in a gloo group (MULTI_CPU)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
     world, rank = accelerator.num_processes, accelerator.process_index
     check_world_size(cfg, world)
     out.mkdir(parents=True, exist_ok=True)

@@ -142,7 +142,7 @@ def test_cpu_command_and_bad_layouts():
 
 
 @pytest.mark.parametrize("name,kind,processes,machines", [
-    ("fsdp_8gpu", "FSDP", 8, 1), ("fsdp_4x8gpu", "FSDP", 32, 4), ("cpu_2proc", "MULTI_CPU", 2, 1)])
+    ("fsdp_8gpu", "FSDP", 8, 1), ("fsdp_4x8gpu", "FSDP", 32, 4), ("cpu_2proc", "MULTI_GPU", 2, 1)])
 def test_accelerate_configs_parse(name, kind, processes, machines):
     from accelerate.commands.config.config_args import load_config_from_file
 

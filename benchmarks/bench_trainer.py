@@ -1,0 +1,180 @@
+"""Time per training step of `conspo train` against TRL's GRPOTrainer on the identical tiny configuration, and
+ConSPO's step time relative to GRPO's in this trainer; peak memory of each.
+
+Identical configuration: the same tiny character-level Qwen2 (random init, head_dim 64), the same synthetic prompts,
+G rollouts per prompt, prompts per step, max completion length, lr, AdamW, no KL, one optimizer step per rollout
+batch, transformers generation on CPU, the same verifier as the reward, and the GRPO loss (TRL `loss_type="grpo"`,
+unbiased group std with eps 1e-4 in both). The runners take turns in every round (common.time_interleaved), each
+round a fresh short run; the first step of every run is warm-up and not counted. Step time is wall-clock from the
+start of generation to the end of the optimizer step. Peak memory: the maximum resident set size of a child
+process that runs one trainer alone (resource.getrusage).
+
+    python -m benchmarks trainer [--prompts 8] [--group-size 8] [--max-new-tokens 16] [--steps 4] [--rounds 3]
+                                 [--records DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from benchmarks.common import RECORDS, print_table, write_record
+
+GOAL_VS_TRL = 1.0
+GOAL_CONSPO_VS_GRPO = 1.1
+GRPO_AS_TRL = {"advantage_std": "unbiased", "advantage_eps": 1e-4}  # TRL's group scaling
+
+
+def prepare(root: Path, n_prompts: int) -> tuple[Path, Path]:
+    from conspo.data import write_jsonl
+    from conspo.models import build_tiny_model
+    from conspo.synthetic import make_tasks
+
+    build_tiny_model(root / "model", seed=0, steps=1, batch_size=4, train_size=8)
+    write_jsonl(root / "train.jsonl", make_tasks("train-deepscaler", n_prompts, seed=0))
+    return root / "model", root / "train.jsonl"
+
+
+def ours(model: Path, data: Path, out: Path, method: str, params: dict, args) -> list[float]:
+    """Per-step wall times of `conspo train` (steps after the first)."""
+    from conspo.runconfig import parse_config
+    from conspo.train import train
+
+    rollouts = args.prompts * args.group_size
+    cfg = parse_config({
+        "model": {"path": str(model)}, "data": {"train": str(data)}, "method": {"name": method, "params": params},
+        "rollout": {"group_size": args.group_size, "max_new_tokens": args.max_new_tokens},
+        "train": {"prompts_per_step": args.prompts, "micro_batch_size": rollouts, "total_steps": args.steps,
+                  "lr": 1e-5, "checkpoint_every": 10**6, "max_grad_norm": 1.0},
+        "verifier": {"workers": 1}})
+    train(cfg, out)
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [line["time/step"] for line in lines[1:]]
+
+
+def trl_grpo(model: Path, data: Path, out: Path, args) -> list[float]:
+    """Per-step wall times of TRL's GRPOTrainer (steps after the first)."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from conspo.data import format_prompt, read_jsonl
+    from conspo.verifier import Verifier
+
+    records = read_jsonl(data)
+    dataset = Dataset.from_list([{"prompt": format_prompt(r["problem"]), "answer": r["answer"]} for r in records])
+    verifier = Verifier(workers=1)
+
+    def reward(completions, answer, **_):
+        return [float(v.correct) for v in verifier.verify(list(completions), list(answer))]
+
+    class StepTimes(TrainerCallback):
+        def __init__(self):
+            self.times, self.started = [], 0.0
+
+        def on_step_begin(self, *_, **__):
+            self.started = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            self.times.append(time.perf_counter() - self.started)
+
+    rollouts = args.prompts * args.group_size
+    config = GRPOConfig(
+        output_dir=str(out), per_device_train_batch_size=rollouts, gradient_accumulation_steps=1,
+        num_generations=args.group_size, max_completion_length=args.max_new_tokens, max_steps=args.steps,
+        learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+        beta=0.0, loss_type="grpo", scale_rewards="group", num_iterations=1, temperature=1.0, top_p=1.0, top_k=0,
+        use_vllm=False, use_cpu=True, bf16=False, report_to="none", save_strategy="no", logging_steps=1,
+        disable_tqdm=True, seed=0, dataloader_num_workers=0)
+    policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    timer = StepTimes()
+    trainer = GRPOTrainer(model=policy, reward_funcs=reward, args=config, train_dataset=dataset,
+                          processing_class=tokenizer, callbacks=[timer])
+    try:
+        trainer.train()
+    finally:
+        verifier.close()
+    return timer.times[1:]
+
+
+def peak_rss_mib(runner: str, args) -> float:
+    """Maximum resident set size of a fresh process that runs `runner` once."""
+    code = ("import sys, resource; from benchmarks.bench_trainer import run_one; run_one(sys.argv[1:]); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    argv = [runner, str(args.prompts), str(args.group_size), str(args.max_new_tokens), str(args.steps)]
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parent.parent)
+    return int(done.stdout.strip().splitlines()[-1]) / 1024.0  # ru_maxrss is in KiB on Linux
+
+
+def run_one(argv: list[str]) -> None:
+    runner, prompts, group_size, max_new_tokens, steps = argv
+    args = argparse.Namespace(prompts=int(prompts), group_size=int(group_size), max_new_tokens=int(max_new_tokens),
+                              steps=int(steps))
+    with tempfile.TemporaryDirectory() as tmp:
+        model, data = prepare(Path(tmp), 64)
+        RUNNERS[runner](model, data, Path(tmp) / "out", args)
+
+
+RUNNERS = {
+    "trl_grpo": trl_grpo,
+    "conspo_train_grpo": lambda model, data, out, args: ours(model, data, out, "grpo", GRPO_AS_TRL, args),
+    "conspo_train_conspo": lambda model, data, out, args: ours(model, data, out, "conspo", {}, args),
+}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks trainer", description=__doc__.splitlines()[0])
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=4, help="steps per run; the first is warm-up")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (one run of each per round)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
+    parser.add_argument("--records", type=Path, default=RECORDS)
+    args = parser.parse_args(argv)
+
+    times: dict[str, list[float]] = {name: [] for name in RUNNERS}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model, data = prepare(root, max(64, args.prompts * (args.steps + 1)))
+        for round_index in range(args.rounds):
+            for name, runner in RUNNERS.items():
+                times[name] += runner(model, data, root / f"{name}-{round_index}", args)
+    memory = {} if args.no_memory else {name: peak_rss_mib(name, args) for name in RUNNERS}
+
+    median = {name: statistics.median(values) for name, values in times.items()}
+    vs_trl = median["conspo_train_grpo"] / median["trl_grpo"]
+    conspo_vs_grpo = median["conspo_train_conspo"] / median["conspo_train_grpo"]
+    rows = [[name, 1000 * median[name], 1000 * min(times[name]), len(times[name]), memory.get(name, float("nan"))]
+            for name in RUNNERS]
+    print_table(["trainer", "median ms/step", "min ms/step", "steps timed", "peak RSS MiB"], rows)
+    print(f"conspo train (GRPO) / TRL GRPOTrainer: {vs_trl:.3f} (goal <= {GOAL_VS_TRL})")
+    print(f"ConSPO / GRPO step time in conspo train: {conspo_vs_grpo:.3f} (goal <= {GOAL_CONSPO_VS_GRPO})")
+    path = write_record("trainer", {
+        "config": {"prompts_per_step": args.prompts, "group_size": args.group_size,
+                   "max_new_tokens": args.max_new_tokens, "steps_per_run": args.steps, "rounds": args.rounds,
+                   "model": "tiny char-level Qwen2 (2 layers, hidden 128, head_dim 64)", "device": "cpu"},
+        "step_seconds": times,
+        "median_ms_per_step": {name: 1000 * value for name, value in median.items()},
+        "peak_rss_mib": memory,
+        "ratio_vs_trl_grpo": vs_trl, "goal_vs_trl_grpo": GOAL_VS_TRL,
+        "ratio_conspo_vs_grpo": conspo_vs_grpo, "goal_conspo_vs_grpo": GOAL_CONSPO_VS_GRPO,
+        "load_average": list(__import__("os").getloadavg()),
+    }, args.records)
+    print(f"record: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
