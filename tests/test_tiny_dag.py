@@ -1,0 +1,103 @@
+"""The embedded default end to end (README command 1) in a temporary copy: every rule runs, a second invocation has
+nothing to do, a changed method reruns only its own runs, one cell regenerates alone, the report opens in Chromium.
+Needs `conspo train` and `conspo evaluate`."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+WORKFLOW_FILES = ("Snakefile", "workflow", "config", "slurm", "profiles")
+CELL = "results/evals/tiny-a--deepscaler-preview--conspo/step-000004/AIME24.metrics.json"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(importlib.util.find_spec("conspo.evaluate") is None or
+                       importlib.util.find_spec("conspo.train") is None,
+                       reason="needs conspo train and conspo evaluate"),
+]
+
+
+def snakemake(workdir: Path, *args: str, timeout: int = 900) -> str:
+    result = subprocess.run([SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result.stdout + result.stderr
+
+
+def scheduled(output: str) -> list[tuple[str, str]]:
+    """(rule, run or '') of every job a dry run lists."""
+    jobs, rule = [], None
+    for line in output.splitlines():
+        start = re.match(r"^(?:local)?rule (\w+):$", line)
+        if start:
+            rule = start.group(1)
+            jobs.append((rule, ""))
+        elif rule and line.strip().startswith("wildcards:"):
+            run = re.search(r"run=([^,\s]+)", line)
+            jobs[-1] = (rule, run.group(1) if run else "")
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("tiny")
+    for name in WORKFLOW_FILES:
+        source = ROOT / name
+        (shutil.copytree if source.is_dir() else shutil.copy)(source, workdir / name)
+    snakemake(workdir, "--cores", "2", "all")
+    snakemake(workdir, "--cores", "1", "--report", "results/report.html")
+    return workdir
+
+
+def test_every_table_and_figure_is_built(tiny_run):
+    results = tiny_run / "results"
+    for table in range(1, 7):
+        for ext in ("csv", "md", "tex", "html"):
+            assert (results / "tables" / f"table{table}" / f"table{table}.{ext}").stat().st_size > 0
+    assert (results / "figures" / "figure1.png").exists() and (results / "figures" / "figure2.png").exists()
+    assert len(list((results / "figures" / "curves").glob("*.png"))) == 9
+    assert (results / "report.html").stat().st_size > 100_000
+
+
+def test_second_invocation_has_nothing_to_do(tiny_run):
+    assert "Nothing to be done" in snakemake(tiny_run, "--cores", "2", "--dry-run", "all")
+
+
+def test_changing_one_method_reruns_only_its_runs(tiny_run):
+    config = yaml.safe_load((tiny_run / "config" / "tiny.yaml").read_text())
+    config["methods"]["GRPO"]["params"] = {"clip_eps_high": 0.25}
+    (tiny_run / "config" / "changed.yaml").write_text(yaml.safe_dump(config))
+    jobs = scheduled(snakemake(tiny_run, "--cores", "2", "--configfile", "config/changed.yaml", "--dry-run", "all"))
+    trained = sorted(run for rule, run in jobs if rule == "train")
+    assert trained == ["tiny-a--dapo-math-17k--grpo", "tiny-a--deepscaler-preview--grpo",
+                       "tiny-b--deepscaler-preview--grpo"]
+    assert all(run.endswith("--grpo") for rule, run in jobs if rule == "evaluate_checkpoint")
+    assert not any(rule in ("evaluate_base_model", "prepare_model") for rule, _ in jobs)
+
+
+def test_one_cell_regenerates_alone(tiny_run):
+    (tiny_run / CELL).unlink()
+    output = snakemake(tiny_run, "--cores", "2", CELL)
+    assert [rule for rule, _ in scheduled(output)] == ["evaluate_checkpoint"]
+    assert (tiny_run / CELL).exists()
+
+
+@pytest.mark.skipif(not Path("/usr/bin/chromedriver").exists(), reason="needs Debian chromium and chromium-driver")
+def test_report_opens_in_chromium(tiny_run):
+    from conspo.report import inspect_report
+
+    seen = inspect_report(str(tiny_run / "results" / "report.html"), str(tiny_run / "results" / "report.png"),
+                          ("table1.html", "table6.html"))
+    assert {"Tables", "Figures", "Training curves"} <= set(seen["text"].split("\n"))
+    assert seen["opened"]["table1.html"]["tables"] == 3
+    assert "w/o scheduled margin" in seen["opened"]["table6.html"]["text"]
+    assert (tiny_run / "results" / "report.png").stat().st_size > 10_000
