@@ -26,13 +26,8 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedTokenizerFast,
                           Qwen2Config, Qwen2ForCausalLM)
 
+from .data import format_prompt
 from .synthetic import make_tasks
-
-try:
-    from .data import format_prompt
-except ImportError:  # conspo.data lands in a parallel change; same template (docs/design.md "Data contracts")
-    def format_prompt(problem: str) -> str:
-        return problem + " Let's think step by step and output the final answer within \\boxed{}."
 
 log = logging.getLogger(__name__)
 
