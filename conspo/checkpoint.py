@@ -1,7 +1,8 @@
 """Checkpoints of a training run: DIR/checkpoints/step-{N:06d}/ holds
 
 - the policy as a `save_pretrained` folder (safetensors + tokenizer), loadable by the evaluation engines;
-- `state/`: accelerate's `save_state` (model, optimizer, scheduler and the python/numpy/torch RNG states of every
+- `state/` (newest checkpoint only; older ones keep just the policy): accelerate's `save_state` (model, optimizer,
+  scheduler and the python/numpy/torch RNG states of every
   rank; sharded the way the engine needs under FSDP/DeepSpeed; loaded with weights_only=True);
 - `trainer_state.json`: step, data-stream position, training progress (the margin schedule's input);
 - `objective_state.pt`: the objective's own state (e.g. CLIPO's contrastive head), loaded with weights_only=True.
@@ -35,7 +36,8 @@ def latest_checkpoint(out: Path) -> Path | None:
     root = Path(out) / "checkpoints"
     if not root.is_dir():
         return None
-    done = [p for p in root.iterdir() if STEP_DIR.match(p.name) and (p / STATE_FILE).is_file()]
+    done = [p for p in root.iterdir()
+            if STEP_DIR.match(p.name) and (p / STATE_FILE).is_file() and (p / "state").is_dir()]
     return max(done, key=lambda p: int(STEP_DIR.match(p.name).group(1)), default=None)
 
 
@@ -63,6 +65,9 @@ def save_checkpoint(accelerator, model, tokenizer, out: Path, step: int, trainer
         (tmp / STATE_FILE).write_text(json.dumps(trainer_state, indent=2) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
+        for older in final.parent.iterdir():  # only the newest checkpoint is resumed from: drop older training states
+            if older != final and STEP_DIR.match(older.name):
+                shutil.rmtree(older / "state", ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
 

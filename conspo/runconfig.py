@@ -193,7 +193,8 @@ def _section(cls, raw, prefix: str):
     unknown = sorted(set(raw) - names)
     if unknown:
         where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
-        raise ConfigError(f"{where}: unknown key; known keys{' of ' + prefix if prefix else ''}: {', '.join(sorted(names))}")
+        scope = f" of {prefix}" if prefix else ""
+        raise ConfigError(f"{where}: unknown key; known keys{scope}: {', '.join(sorted(names))}")
     values = {}
     for name in names & set(raw):
         key = f"{prefix}.{name}" if prefix else name
@@ -212,7 +213,8 @@ def parse_config(raw: dict, *, check_paths: bool = True) -> RunConfig:
     """Validate a raw config mapping and fill defaults. `check_paths=False` skips the existence checks of the model
     folder and the data file (for configs written before their inputs exist, e.g. by the workflow)."""
     cfg = _section(RunConfig, raw, "")
-    for key, value in (("model.path", cfg.model.path), ("data.train", cfg.data.train), ("method.name", cfg.method.name)):
+    required = (("model.path", cfg.model.path), ("data.train", cfg.data.train), ("method.name", cfg.method.name))
+    for key, value in required:
         if not value:
             raise ConfigError(f"{key}: required")
     try:

@@ -137,7 +137,7 @@ def train(cfg: RunConfig, out: Path) -> dict:
     # cpu=True on machines without CUDA: accelerate then joins the launched processes in a gloo group (MULTI_CPU)
     accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                               kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
-    world, rank = accelerator.num_processes, accelerator.process_index
+    world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     check_world_size(cfg, world)
     out.mkdir(parents=True, exist_ok=True)
     setup_logging(out, accelerator.is_main_process)
@@ -269,7 +269,7 @@ def train(cfg: RunConfig, out: Path) -> dict:
                         truncated, group_ids)
 
     def any_rank(flag: bool) -> bool:
-        return bool(accelerator.reduce(torch.tensor([float(flag)]), reduction="sum").item() > 0)
+        return bool(accelerator.reduce(torch.tensor([float(flag)], device=device), reduction="sum").item() > 0)
 
     # ------------------------------------------------------------------------------------------------ loop
     per_rank = t.prompts_per_step // world
@@ -305,10 +305,12 @@ def train(cfg: RunConfig, out: Path) -> dict:
             # 4. old (and reference) log-probs
             prompt_ids, prompt_mask = pad(rollouts.prompt_ids, pad_id, left=True)
             response_ids, response_mask = pad(rollouts.response_ids, pad_id, left=False)
-            batch = RolloutBatch.create(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
-                                        response_mask=response_mask, old_logprobs=torch.zeros(response_ids.shape),
-                                        rewards=rollouts.rewards, correct=rollouts.correct,
-                                        group_ids=rollouts.group_ids, truncated=rollouts.truncated)
+            batch = RolloutBatch.create(
+                prompt_ids=prompt_ids.to(device), prompt_mask=prompt_mask.to(device),
+                response_ids=response_ids.to(device), response_mask=response_mask.to(device),
+                old_logprobs=torch.zeros(response_ids.shape, device=device), rewards=rollouts.rewards.to(device),
+                correct=rollouts.correct.to(device), group_ids=rollouts.group_ids.to(device),
+                truncated=rollouts.truncated.to(device))
             batch.old_logprobs, entropy = forward_logprobs(policy, batch, with_entropy=True)
             if reference is not None:
                 batch.ref_logprobs, _ = forward_logprobs(reference, batch)
@@ -325,7 +327,7 @@ def train(cfg: RunConfig, out: Path) -> dict:
             # 6. optimizer steps: mini-batches of whole groups, ppo_epochs passes
             update_started = time.perf_counter()
             group_ids = torch.unique(batch.group_ids)
-            ratio_counts = torch.zeros(3)  # tokens below 1-0.2, above 1+0.2, all
+            ratio_counts = torch.zeros(3, device=device)  # tokens below 1-0.2, above 1+0.2, all
             losses, grad_norms, objective_metrics = [], [], []
             for epoch in range(t.ppo_epochs):
                 order = group_ids
@@ -348,8 +350,8 @@ def train(cfg: RunConfig, out: Path) -> dict:
                             seen[0] += len(mb)
                             with torch.no_grad():
                                 ratio = torch.exp(lp - mb.old_logprobs)[mb.response_mask]
-                                ratio_counts.add_(torch.tensor([(ratio < 0.8).sum(), (ratio > 1.2).sum(),
-                                                                ratio.numel()], dtype=torch.float32))
+                                ratio_counts.add_(torch.stack([(ratio < 0.8).sum(), (ratio > 1.2).sum(),
+                                                               torch.tensor(ratio.numel(), device=device)]).float())
                         return lp
 
                     terms = objective.sequence_terms(mini, mini.old_logprobs) if on_policy else None

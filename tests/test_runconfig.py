@@ -133,7 +133,7 @@ def test_four_node_command_reads_the_machine_rank_on_each_node():
 
 def test_cpu_command_and_bad_layouts():
     assert launch_command(config="c.yaml", out="o", gpus_per_node=0, use_srun=False) == (
-        "accelerate launch --config_file config/accelerate/cpu_2proc.yaml --num_processes 2 --cpu "
+        "accelerate launch --config_file config/accelerate/cpu_2proc.yaml --num_processes 2 "
         "-m conspo.cli train --config c.yaml --out o")
     with pytest.raises(ValueError):
         launch_command(config="c.yaml", out="o", nodes=2, gpus_per_node=0)
