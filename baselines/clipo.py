@@ -146,12 +146,13 @@ class CLIPO(Objective):
             self._build_head(hidden.shape[-1], device)
         positives = sample_positives(correct[rows].cpu(), group_ids[rows].cpu(), self.generator).to(device)
 
-        embeddings = nn.functional.normalize(self.head(hidden[rows]), dim=-1)  # z_i
-        losses = infonce_losses(embeddings, positives, group_ids[rows], self.temperature)  # L_i
         anchors = correct[rows]
-        head_loss = losses[anchors].mean()
-        self.head_optimizer.zero_grad(set_to_none=True)
-        head_loss.backward()
+        with torch.enable_grad():  # the head trains even if the trainer calls prepare under no_grad
+            embeddings = nn.functional.normalize(self.head(hidden[rows]), dim=-1)  # z_i
+            losses = infonce_losses(embeddings, positives, group_ids[rows], self.temperature)  # L_i
+            head_loss = losses[anchors].mean()
+            self.head_optimizer.zero_grad(set_to_none=True)
+            head_loss.backward()
         self.head_optimizer.step()
 
         penalty = torch.zeros(len(correct), device=device)  # lambda L_i on the anchors, capped; 0 elsewhere

@@ -131,7 +131,8 @@ def test_clipo_head_learns_on_separable_hidden_states():
     clipo = build_objective("clipo", {"head_dim": 64, "head_warmup_steps": 3})
     losses, rewards = [], []
     for step in range(8):
-        rewards.append(clipo.prepare(batch, synthetic_context(hidden, step)).rewards)
+        with torch.no_grad():  # a trainer may call prepare without grad: the head must train regardless
+            rewards.append(clipo.prepare(batch, synthetic_context(hidden, step)).rewards)
         losses.append(clipo.prepare_metrics["clipo/head_loss"])
     assert losses[-1] < 0.5 * losses[0]
     assert all(torch.equal(r, batch.rewards) for r in rewards[:3])  # warm-up: the head trains, rewards unshaped
