@@ -116,8 +116,12 @@ def lr_lambda(schedule: str, warmup: int, total: int):
 
 
 def setup_logging(out: Path, main_process: bool) -> None:
+    """Log to DIR/train.log (main process), replacing the file of an earlier run in the same Python process."""
     log.setLevel(logging.INFO)
-    if main_process and not any(isinstance(h, logging.FileHandler) for h in log.handlers):
+    for handler in [h for h in log.handlers if isinstance(h, logging.FileHandler)]:
+        log.removeHandler(handler)
+        handler.close()
+    if main_process:
         handler = logging.FileHandler(out / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
