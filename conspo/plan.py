@@ -300,7 +300,7 @@ class Plan:
         s = self.evaluation_settings(model, benchmark)
         return command_args({"samples": s["samples"], "temperature": s["temperature"], "top_p": s["top_p"],
                              "max_new_tokens": s["max_new_tokens"], "seed": s["seed"], "engine": s["engine"],
-                             "extraction": s["extraction"]})
+                             "extraction": s["extraction"], "workers": s["workers"]})
 
     def model_of_slug(self, model_slug: str) -> str:
         return next(m for m in self.models if slug(m) == model_slug)

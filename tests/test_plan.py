@@ -120,7 +120,7 @@ def test_tiny_config_exercises_every_table_and_figure():
     tiny = make_plan(load_config("tiny.yaml"))
     assert set(tiny.tables) == {f"table{i}" for i in range(1, 7)} and set(tiny.figures) == {"figure1", "figure2"}
     assert all(m["source"] == "tiny" for m in tiny.models.values())
-    assert len(tiny.runs) == 9
+    assert len(tiny.runs) == 7
     assert tiny.config["evaluation"]["engine"] == "transformers"
     assert tiny.model_command("tiny-a").startswith("conspo build-tiny-model --out results/models/tiny-a --seed 0")
 
