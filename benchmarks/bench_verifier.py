@@ -19,6 +19,7 @@ from benchmarks.common import median_ms, print_table, time_interleaved, write_re
 from conspo.verifier import Verifier, judge
 
 GOAL_SPEEDUP = 1.8  # issue 4: pool vs serial on 2 cores
+WARMUP_ROUNDS = 1
 
 
 def _gold_and_answers(rng: random.Random) -> tuple[str, str, str]:
@@ -55,6 +56,16 @@ def realistic_responses(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
     return responses, golds
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of running processes, from /proc (the pool's workers are not our children)."""
+    ticks = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks verifier", description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=300, help="responses per timed call")
@@ -72,35 +83,45 @@ def main(argv: list[str]) -> int:
 
     with Verifier(args.extraction, timeout=args.timeout, workers=args.workers, cache_size=0) as pool:
         pool.verify(responses[:args.workers], golds[:args.workers])  # start the workers outside the timing
-        pooled = pool.verify(responses, golds)
+        pooled_verdicts = pool.verify(responses, golds)
         inline = serial()
-        agreement = sum((v.correct, v.extracted) == s[:2] for v, s in zip(pooled, inline)) / len(inline)
-        times = time_interleaved({"serial": serial, "pool": lambda: pool.verify(responses, golds)},
-                                 warmup=1, repeats=args.repeats)
+        agreement = sum((v.correct, v.extracted) == s[:2] for v, s in zip(pooled_verdicts, inline)) / len(inline)
+        worker_cpu: list[float] = []
+
+        def pooled() -> None:
+            before = cpu_seconds(pool.worker_pids)
+            pool.verify(responses, golds)
+            worker_cpu.append(cpu_seconds(pool.worker_pids) - before)
+
+        times = time_interleaved({"serial": serial, "pool": pooled}, warmup=WARMUP_ROUNDS, repeats=args.repeats)
         timeouts = pool.timeouts
 
     serial_ms, pool_ms = median_ms(times["serial"]["wall"]), median_ms(times["pool"]["wall"])
     serial_cpu_ms = median_ms(times["serial"]["cpu"])
+    worker_cpu = worker_cpu[WARMUP_ROUNDS:]
+    pool_cpu_ms = median_ms([workers + parent for workers, parent in zip(worker_cpu, times["pool"]["cpu"])])
     speedup = serial_ms / pool_ms
-    rows = [["serial loop", args.n, serial_ms, 1000.0 * args.n / serial_ms, 1.0],
-            [f"pool ({args.workers} workers)", args.n, pool_ms, 1000.0 * args.n / pool_ms, speedup]]
-    print_table(["mode", "responses", "median wall ms", "responses/s", "speedup"], rows)
-    # the serial loop's CPU time is the work itself, barely inflated by other processes: an upper bound on what
-    # `workers` cores could reach on an idle machine is serial_cpu / workers
-    ideal_ms = serial_cpu_ms / args.workers
-    print(f"serial CPU time {serial_cpu_ms:.0f} ms ({serial_cpu_ms / args.n:.1f} ms per response); "
-          f"pool wall / ideal {pool_ms / ideal_ms:.2f}; load average {os.getloadavg()[0]:.1f} on "
-          f"{os.cpu_count()} cores")
-    print(f"verdict agreement {agreement:.3f}; share correct {sum(v.correct for v in pooled) / len(pooled):.3f}; "
-          f"time-outs {timeouts}; goal >= {GOAL_SPEEDUP}x: {'met' if speedup >= GOAL_SPEEDUP else 'not met'}")
+    # With other sessions busy, the kernel's per-session CPU share (autogroup) caps this benchmark's processes
+    # together, so the wall speedup can only appear on idle cores. The CPU-time ratio is what the pool can reach
+    # there: `workers` times the serial CPU over the pool's total CPU (workers + dispatching process).
+    projected = args.workers * serial_cpu_ms / pool_cpu_ms
+    rows = [["serial loop", args.n, serial_ms, serial_cpu_ms, 1000.0 * args.n / serial_ms, 1.0],
+            [f"pool ({args.workers} workers)", args.n, pool_ms, pool_cpu_ms, 1000.0 * args.n / pool_ms, speedup]]
+    print_table(["mode", "responses", "median wall ms", "median CPU ms", "responses/s", "wall speedup"], rows)
+    print(f"projected speedup on {args.workers} idle cores (CPU-time ratio): {projected:.2f}x; "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(f"verdict agreement {agreement:.3f}; share correct {sum(v.correct for v in pooled_verdicts) / args.n:.3f}; "
+          f"time-outs {timeouts}; goal >= {GOAL_SPEEDUP}x (wall): {'met' if speedup >= GOAL_SPEEDUP else 'not met'}")
     path = write_record("verifier", {
         "command": "python -m benchmarks verifier " + " ".join(argv),
         "n_responses": args.n, "workers": args.workers, "extraction": args.extraction, "repeats": args.repeats,
         "usable_cores": len(os.sched_getaffinity(0)), "load_average": os.getloadavg(),
         "serial_wall_s": times["serial"]["wall"], "serial_cpu_s": times["serial"]["cpu"],
-        "pool_wall_s": times["pool"]["wall"],
+        "pool_wall_s": times["pool"]["wall"], "pool_worker_cpu_s": worker_cpu,
+        "pool_parent_cpu_s": times["pool"]["cpu"],
         "median_serial_ms": serial_ms, "median_serial_cpu_ms": serial_cpu_ms, "median_pool_ms": pool_ms,
-        "speedup": speedup, "goal_speedup": GOAL_SPEEDUP, "goal_met": speedup >= GOAL_SPEEDUP,
+        "median_pool_cpu_ms": pool_cpu_ms, "speedup": speedup, "projected_idle_speedup": projected,
+        "goal_speedup": GOAL_SPEEDUP, "goal_met": speedup >= GOAL_SPEEDUP,
         "verdict_agreement": agreement, "timeouts": timeouts,
     })
     print(f"record: {path}")

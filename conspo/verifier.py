@@ -244,6 +244,11 @@ class Verifier:
     def __exit__(self, *exc_info) -> None:
         self.close()
 
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the running workers (empty before the first `verify` and after `close`)."""
+        return [worker.process.pid for worker in self._pool]
+
     def close(self) -> None:
         """Stop the worker processes (a later `verify` starts new ones)."""
         for worker in self._pool:
