@@ -1,6 +1,6 @@
 # The ConSPO reproducibility workflow: every cell of the paper's Tables 1-6 and Figures 1-2 as a target.
 #   embedded default (tiny models, synthetic tasks):  snakemake --cores 2 all
-#   the paper on a SLURM cluster:                     snakemake --profile slurm --configfile config/paper.yaml tables
+#   the paper on a SLURM cluster:                     snakemake --profile slurm tables
 # docs/workflow.md lists the targets and how to regenerate a single cell.
 
 from snakemake.utils import min_version, validate

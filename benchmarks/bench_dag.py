@@ -67,8 +67,8 @@ def main(argv: list[str]) -> int:
     record: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-dag-") as tmp:
         paper = copy_workflow(Path(tmp) / "paper")
-        seconds, output = timed_snakemake(paper, "--profile", "slurm", "--configfile", "config/paper.yaml",
-                                          "--dry-run", "--quiet", "rules", "--", "tables")
+        seconds, output = timed_snakemake(paper, "--profile", "slurm", "--dry-run", "--quiet", "rules", "--",
+                                          "tables")
         counts = job_counts(output)
         record["paper_dry_run"] = {"seconds": seconds, "jobs": counts.get("total"), "train": counts.get("train"),
                                    "evaluate_checkpoint": counts.get("evaluate_checkpoint"),

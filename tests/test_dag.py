@@ -57,11 +57,11 @@ def parse_dry_run(text: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def paper_dry_run(tmp_path_factory):
     workdir = copy_workflow(tmp_path_factory.mktemp("dag"))
-    result = run_snakemake(workdir, "--profile", "slurm", "--configfile", "config/paper.yaml", "--dry-run", "tables",
+    result = run_snakemake(workdir, "--profile", "slurm", "--dry-run", "tables",  # the README's literal command
                            env={"CONSPO_SLURM_PARTITION": "gpu-h100", "CONSPO_SLURM_ACCOUNT": "conspo-lab"})
     assert result.returncode == 0, result.stderr[-3000:]
     text = result.stdout + result.stderr
-    assert "Using profile slurm" in text
+    assert "Using profile slurm" in text and re.search(r"Config file\(s\): \[.*config/paper.yaml'\)?\]", text)
     return parse_dry_run(text)
 
 
