@@ -51,7 +51,7 @@ def run_config(tiny, **train_overrides):
         "model": {"path": str(tiny["model"])},
         "data": {"train": str(tiny["train"])},
         "method": {"name": method},
-        "rollout": {"group_size": 4, "max_new_tokens": 8, "prompts_per_generation": 2, **rollout},
+        "rollout": {"group_size": 4, "max_new_tokens": 14, "prompts_per_generation": 2, **rollout},
         "train": {"prompts_per_step": 4, "micro_batch_size": 8, "total_steps": 1, "lr": 1e-3,
                   "checkpoint_every": 1, **train_overrides},
         "verifier": {"workers": 1},
@@ -85,7 +85,7 @@ def test_each_method_completes_a_short_run(tiny, tmp_path, method):
 def test_ppo_mini_batches_dynamic_sampling_and_overlong_shaping(tiny, tmp_path):
     cfg = parse_config(run_config(tiny, method="dapo", total_steps=2, mini_batches_per_step=2, ppo_epochs=2,
                                   micro_batch_size=4, lr_schedule="cosine", warmup_steps=1,
-                                  rollout={"max_new_tokens": 12}) | {
+                                  rollout={"max_new_tokens": 14}) | {
         "dynamic_sampling": {"enabled": True, "max_rounds": 2},
         "overlong_shaping": {"enabled": True, "buffer": 4, "penalty": 1.0}})
     train(cfg, tmp_path)
@@ -196,7 +196,7 @@ def accuracy(model_path, problems):
     model, tokenizer = load_policy(model_path)
     engine = make_engine("transformers", None, model=model, tokenizer=tokenizer, batch_size=256)
     groups = engine.generate([format_prompt(p["problem"]) for p in problems], n=1, temperature=0.0, top_p=1.0,
-                             max_new_tokens=12, seed=0)
+                             max_new_tokens=14, seed=0)
     with Verifier(workers=1) as verifier:
         verdicts = verifier.verify([g[0].text for g in groups], [p["answer"] for p in problems])
     p = sum(v.correct for v in verdicts) / len(verdicts)
@@ -205,7 +205,7 @@ def accuracy(model_path, problems):
 
 def learning_run(tiny, out, method, steps):
     cfg = parse_config(run_config(tiny, method=method, total_steps=steps, prompts_per_step=16, micro_batch_size=32,
-                                  lr=1e-4, checkpoint_every=steps, rollout={"group_size": 8, "max_new_tokens": 12,
+                                  lr=1e-4, checkpoint_every=steps, rollout={"group_size": 8, "max_new_tokens": 14,
                                                                            "prompts_per_generation": 16}))
     train(cfg, out)
     return out / "checkpoints" / f"step-{steps:06d}"
