@@ -101,6 +101,7 @@ def evaluate_benchmark(engine, verifier: Verifier, records: list[dict], *, bench
     settings = {"benchmark": benchmark, "checkpoint": checkpoint, "engine": engine.kind,
                 "extraction": verifier.extraction, "problem_ids": [record["id"] for record in records],
                 "sampling": sampling}
+    out.mkdir(parents=True, exist_ok=True)
     _check_run_settings(out / f"{benchmark}.run.json", settings)
     samples_path = out / f"{benchmark}.samples.jsonl"
     done = load_done_samples(samples_path, samples)

