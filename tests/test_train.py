@@ -145,7 +145,9 @@ def test_two_gloo_processes_make_the_one_process_first_update(tiny, tmp_path, me
     moved = max(float((w1[k] - base[k]).abs().max()) for k in base)
     difference = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
     print(f"{method}: update size {moved:.3g}, one vs two processes max |difference| {difference:.3g}")
-    assert moved > 1e-4 and difference < 1e-6
+    # Adam's first step is ~lr * sign(g): gradient entries within float noise of Adam's eps move by a visible fraction
+    # of lr, so the weights agree to a small fraction of the update, the gradient norm and loss to float precision
+    assert moved > 1e-4 and difference < 0.01 * moved
 
 
 def test_kill_at_a_random_step_and_resume_gives_the_uninterrupted_run(tiny, tmp_path):
