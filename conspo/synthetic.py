@@ -21,98 +21,98 @@ class ExpressionStyle:
     """How to draw one "Compute ..." problem: operand count, operand range, operators, chance of a bracket."""
 
     operands: tuple[int, int]  # inclusive range of the number of operands
-    max_operand: int  # operands are drawn from 1..max_operand
+    max_operand: int  # operands are drawn from 0..max_operand
     operators: str  # subset of "+-*"
-    max_factor: int  # operands next to a "*" are drawn from 1..max_factor, keeping answers short
+    max_factor: int  # operands next to a "*" are drawn from 0..max_factor, keeping answers short
     bracket_probability: float = 0.0
 
 
 @dataclass(frozen=True)
 class EquationStyle:
-    """How to draw one "Solve a*x+b=c." problem: coefficient and solution ranges."""
+    """How to draw one "Solve a*x+b=c for x." problem (a 1 is written "x+b=c"): coefficient, solution and offset
+    ranges."""
 
     max_coefficient: int
-    max_solution: int
+    max_solution: int  # solutions are drawn from 0..max_solution
+    max_offset: int = 20
 
 
 @dataclass(frozen=True)
 class TaskKind:
-    """One synthetic kind: its role, the real dataset it stands in for, and how its problems are drawn."""
+    """One synthetic kind: its role, the real dataset it stands in for, and how its problems are drawn (expressions
+    from one of `expressions`, chosen uniformly, or a linear equation with probability `equation_share`)."""
 
     role: str  # "train" or "benchmark"
     stands_for: str
     description: str
-    expression: ExpressionStyle
+    expressions: tuple[ExpressionStyle, ...]
     equation: EquationStyle | None = None
     equation_share: float = 0.0  # fraction of problems drawn as linear equations
 
+
+def _sums(operands: int, max_operand: int) -> ExpressionStyle:
+    return ExpressionStyle(operands=(operands, operands), max_operand=max_operand, operators="+-",
+                           max_factor=max_operand)
+
+
+# Difficulty is graded by operand count and range only (sums and differences), so that a ~2-minute warm start of a
+# character-level policy learns them partially: what is measured is generalisation to unseen operand tuples.
+BENCHMARK_STYLES = {
+    "math500": _sums(2, 14),
+    "amc": _sums(2, 20),
+    "olympiadbench": _sums(2, 29),
+    "aime24": _sums(3, 5),
+    "aime25": _sums(3, 9),
+    "aime26": _sums(3, 12),
+    "hmmt25": _sums(3, 19),
+}
 
 KINDS: dict[str, TaskKind] = {
     "train-deepscaler": TaskKind(
         role="train",
         stands_for="agentica-org/DeepScaleR-Preview-Dataset",
-        description="mixed-difficulty expressions, 2-4 operands up to 40, + - *, some brackets",
-        expression=ExpressionStyle(operands=(2, 4), max_operand=40, operators="+-*", max_factor=9,
-                                   bracket_probability=0.3),
+        description="mixed-difficulty sums and differences: every benchmark family (2 operands up to 14/20/29, "
+                    "3 operands up to 5/9/12/19)",
+        expressions=tuple(BENCHMARK_STYLES.values()),
     ),
     "train-dapo": TaskKind(
         role="train",
         stands_for="BytedTsinghua-SIA/DAPO-Math-17k",
-        description="half linear equations a*x+b=c, half 3-operand expressions up to 30 with brackets",
-        expression=ExpressionStyle(operands=(3, 3), max_operand=30, operators="+-*", max_factor=9,
-                                   bracket_probability=0.5),
-        equation=EquationStyle(max_coefficient=9, max_solution=20),
+        description="half tiny linear equations (x+b=c or 2*x+b=c, x up to 20), half 2-operand sums up to 19",
+        expressions=(_sums(2, 19),),
+        equation=EquationStyle(max_coefficient=2, max_solution=20),
         equation_share=0.5,
     ),
     "math500": TaskKind(
-        role="benchmark",
-        stands_for="HuggingFaceH4/MATH-500",
-        description="easiest: two operands up to 50, + and - only",
-        expression=ExpressionStyle(operands=(2, 2), max_operand=50, operators="+-", max_factor=50),
-    ),
+        role="benchmark", stands_for="HuggingFaceH4/MATH-500",
+        description="easiest: two operands up to 14, + and -", expressions=(BENCHMARK_STYLES["math500"],)),
     "amc": TaskKind(
-        role="benchmark",
-        stands_for="AI-MO/aimo-validation-amc",
-        description="two operands up to 99, + - and small products",
-        expression=ExpressionStyle(operands=(2, 2), max_operand=99, operators="+-*", max_factor=12),
-    ),
+        role="benchmark", stands_for="AI-MO/aimo-validation-amc",
+        description="two operands up to 20, + and -", expressions=(BENCHMARK_STYLES["amc"],)),
     "olympiadbench": TaskKind(
-        role="benchmark",
-        stands_for="Hothan/OlympiadBench",
-        description="three operands up to 30, + and - only",
-        expression=ExpressionStyle(operands=(3, 3), max_operand=30, operators="+-", max_factor=30),
-    ),
+        role="benchmark", stands_for="Hothan/OlympiadBench",
+        description="two operands up to 29, + and -", expressions=(BENCHMARK_STYLES["olympiadbench"],)),
     "aime24": TaskKind(
-        role="benchmark",
-        stands_for="HuggingFaceH4/aime_2024",
-        description="three operands up to 40, + - *",
-        expression=ExpressionStyle(operands=(3, 3), max_operand=40, operators="+-*", max_factor=9),
-    ),
+        role="benchmark", stands_for="HuggingFaceH4/aime_2024",
+        description="three operands up to 5, + and -", expressions=(BENCHMARK_STYLES["aime24"],)),
     "aime25": TaskKind(
-        role="benchmark",
-        stands_for="MathArena/aime_2025",
-        description="three operands up to 60, + - *, some brackets",
-        expression=ExpressionStyle(operands=(3, 3), max_operand=60, operators="+-*", max_factor=12,
-                                   bracket_probability=0.3),
-    ),
+        role="benchmark", stands_for="MathArena/aime_2025",
+        description="three operands up to 9, + and -", expressions=(BENCHMARK_STYLES["aime25"],)),
     "aime26": TaskKind(
-        role="benchmark",
-        stands_for="MathArena/aime_2026",
-        description="three or four operands up to 60, + - *, some brackets",
-        expression=ExpressionStyle(operands=(3, 4), max_operand=60, operators="+-*", max_factor=12,
-                                   bracket_probability=0.3),
-    ),
+        role="benchmark", stands_for="MathArena/aime_2026",
+        description="three operands up to 12, + and -", expressions=(BENCHMARK_STYLES["aime26"],)),
     "hmmt25": TaskKind(
-        role="benchmark",
-        stands_for="MathArena/hmmt_feb_2025",
-        description="hardest: four operands up to 99, + - *, mostly bracketed",
-        expression=ExpressionStyle(operands=(4, 4), max_operand=99, operators="+-*", max_factor=19,
-                                   bracket_probability=0.7),
-    ),
+        role="benchmark", stands_for="MathArena/hmmt_feb_2025",
+        description="hardest: three operands up to 19, + and -", expressions=(BENCHMARK_STYLES["hmmt25"],)),
 }
 
 TRAIN_KINDS = tuple(name for name, kind in KINDS.items() if kind.role == "train")
 BENCHMARK_KINDS = tuple(name for name, kind in KINDS.items() if kind.role == "benchmark")
+
+
+# Several phrasings of the same expression: enough distinct texts for the full-size stand-ins (500 MATH500 and 675
+# OlympiadBench problems) while the operand ranges stay small.
+EXPRESSION_TEMPLATES = ("Compute {}.", "Evaluate {}.", "Calculate {}.", "Find {}.", "What is {}?", "Work out {}.")
 
 
 def problem_side(problem: str) -> str:
@@ -141,7 +141,7 @@ def _draw_expression(rng: random.Random, style: ExpressionStyle) -> tuple[str, i
     for index in range(count):
         next_to_product = (index > 0 and operators[index - 1] == "*") or (
             index < count - 1 and operators[index] == "*")
-        values.append(rng.randint(1, style.max_factor if next_to_product else style.max_operand))
+        values.append(rng.randint(0, style.max_factor if next_to_product else style.max_operand))
     texts = [str(value) for value in values]
     if count > 2 and rng.random() < style.bracket_probability:
         at = rng.randrange(count - 1)
@@ -150,16 +150,18 @@ def _draw_expression(rng: random.Random, style: ExpressionStyle) -> tuple[str, i
         values[at:at + 2] = [inner]
         del operators[at]
     text = texts[0] + "".join(operator + operand for operator, operand in zip(operators, texts[1:]))
-    return f"Compute {text}.", _evaluate_flat(values, operators)
+    template = rng.choice(EXPRESSION_TEMPLATES)
+    return template.format(text), _evaluate_flat(values, operators)
 
 
 def _draw_equation(rng: random.Random, style: EquationStyle) -> tuple[str, int]:
-    coefficient = rng.randint(2, style.max_coefficient)
-    solution = rng.randint(-style.max_solution, style.max_solution)
-    offset = rng.randint(1, 50)
+    coefficient = rng.randint(1, style.max_coefficient)
+    solution = rng.randint(0, style.max_solution)
+    offset = rng.randint(1, style.max_offset)
     sign = rng.choice("+-")
     right = coefficient * solution + (offset if sign == "+" else -offset)
-    return f"Solve {coefficient}*x{sign}{offset}={right} for x.", solution
+    unknown = "x" if coefficient == 1 else f"{coefficient}*x"
+    return f"Solve {unknown}{sign}{offset}={right} for x.", solution
 
 
 def make_tasks(kind: str, n: int, seed: int) -> list[dict]:
@@ -181,7 +183,7 @@ def make_tasks(kind: str, n: int, seed: int) -> list[dict]:
         if spec.equation is not None and rng.random() < spec.equation_share:
             problem, answer = _draw_equation(rng, spec.equation)
         else:
-            problem, answer = _draw_expression(rng, spec.expression)
+            problem, answer = _draw_expression(rng, rng.choice(spec.expressions))
         if problem in seen or problem_side(problem) != spec.role:
             continue
         seen.add(problem)

@@ -10,12 +10,12 @@ PRINTABLE = set(string.printable) - set("\t\n\r\x0b\x0c")
 
 def _solve(problem: str) -> int:
     """Independent check of a problem's answer: Python's own integer arithmetic on the statement."""
-    expression = re.fullmatch(r"Compute ([0-9+\-*()]+)\.", problem)
+    expression = re.fullmatch(r"(?:Compute|Evaluate|Calculate|Find|What is|Work out) ([0-9+\-*()]+)[.?]", problem)
     if expression:
         return eval(expression.group(1), {"__builtins__": {}})  # digits, + - * and brackets only
-    equation = re.fullmatch(r"Solve (\d+)\*x([+-]\d+)=(-?\d+) for x\.", problem)
+    equation = re.fullmatch(r"Solve (?:(\d+)\*)?x([+-]\d+)=(-?\d+) for x\.", problem)
     assert equation, problem
-    coefficient, offset, right = (int(group) for group in equation.groups())
+    coefficient, offset, right = (int(group or 1) for group in equation.groups())
     assert (right - offset) % coefficient == 0
     return (right - offset) // coefficient
 
@@ -41,8 +41,16 @@ def test_records_are_correct_distinct_ascii_and_deterministic(kind):
         assert int(record["answer"]) == _solve(record["problem"])
 
 
-def test_math500_stand_in_supplies_a_full_size_benchmark():
-    assert len(make_tasks("math500", 500, seed=0)) == 500
+@pytest.mark.parametrize("kind, rows", [("math500", 500), ("olympiadbench", 675), ("amc", 83),
+                                        ("train-deepscaler", 4096), ("train-dapo", 4096)])
+def test_stand_ins_supply_their_full_default_size(kind, rows):
+    assert len(make_tasks(kind, rows, seed=0)) == rows
+
+
+def test_problems_are_small_sums_a_tiny_policy_can_learn():
+    for kind in KINDS:
+        for record in make_tasks(kind, 200, seed=0):
+            assert all(int(number) <= 29 for number in re.findall(r"\d+", record["problem"].split("=")[0])), record
 
 
 def test_benchmarks_never_overlap_training_sets():
@@ -61,7 +69,9 @@ def test_benchmarks_are_graded_in_difficulty():
         digits = sum(len(r["answer"].lstrip("-")) for r in records) / len(records)
         return operands + digits
 
-    sizes = [mean_size(kind) for kind in ("math500", "olympiadbench", "aime24", "hmmt25")]
+    sizes = [mean_size(kind) for kind in ("math500", "amc", "olympiadbench")]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+    sizes = [mean_size(kind) for kind in ("aime24", "aime25", "aime26", "hmmt25")]
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
 
 
