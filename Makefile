@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CORES ?= 2
 
-.PHONY: setup run test bench
+.PHONY: setup run test test-all bench
 
 setup:
 	bash scripts/setup.sh
@@ -13,8 +13,13 @@ run: setup
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/tiny.yaml all
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/tiny.yaml --report results/report.html
 
-# Command 2: the test suite
+# Command 2: the test suite (CI). Tests marked `slow` (vLLM and SmolLM2 end to end, the whole tiny DAG,
+# accuracy gains of a longer RL run) take tens of minutes on 2 cores: `make test-all` runs them too.
 test:
+	bash scripts/setup.sh --browser
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-all:
 	bash scripts/setup.sh --browser
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
