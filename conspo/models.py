@@ -119,8 +119,8 @@ def warm_start(model: Qwen2ForCausalLM, tokenizer, records: list[dict], *, steps
     return losses
 
 
-def build_tiny_model(out: str | Path | None = None, *, seed: int = 0, steps: int = 200, batch_size: int = 32,
-                     lr: float = 5e-3, layers: int = 2, hidden: int = 128, train_kind: str = "train-deepscaler",
+def build_tiny_model(out: str | Path | None = None, *, seed: int = 0, steps: int = 400, batch_size: int = 32,
+                     lr: float = 2e-3, layers: int = 2, hidden: int = 128, train_kind: str = "train-deepscaler",
                      train_size: int = 4000) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
     """Build the tiny tokenizer and model, warm-start it on `train_size` synthetic `train_kind` tasks for `steps`
     steps, and (when `out` is given) save both there as a safetensors checkpoint. Deterministic in `seed` (the
@@ -218,9 +218,9 @@ def main(argv: list[str]) -> int:
         parser = argparse.ArgumentParser(prog="conspo build-tiny-model", description=build_tiny_model.__doc__)
         parser.add_argument("--out", required=True)
         parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--steps", type=int, default=200)
+        parser.add_argument("--steps", type=int, default=400)
         parser.add_argument("--batch-size", type=int, default=32)
-        parser.add_argument("--lr", type=float, default=5e-3)
+        parser.add_argument("--lr", type=float, default=2e-3)
         parser.add_argument("--layers", type=int, default=2)
         parser.add_argument("--hidden", type=int, default=128)
         parser.add_argument("--train-kind", default="train-deepscaler")
