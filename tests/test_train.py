@@ -123,7 +123,10 @@ def env():
 
 @pytest.mark.parametrize("method", ["conspo", "grpo"])
 def test_two_gloo_processes_make_the_one_process_first_update(tiny, tmp_path, method):
-    raw = run_config(tiny, method=method, total_steps=1, prompts_per_step=4, micro_batch_size=4)
+    # Adam's first step is ~lr * sign(g) for |g| >> eps: a gradient entry within float noise of 0 would move by a
+    # visible, noise-decided fraction of lr (seen: 17% of the update in one CI run). With eps = 1e-3 entries that
+    # small move linearly in g, so the weights compare the gradients themselves.
+    raw = run_config(tiny, method=method, total_steps=1, prompts_per_step=4, micro_batch_size=4, adam_eps=1e-3)
     config_path = tmp_path / "run.yaml"
     config_path.write_text(yaml.safe_dump(raw))
     # `accelerate launch --cpu` starts one process without mpirun; the torchrun launcher + cpu=True gives 2 gloo ranks
@@ -146,9 +149,7 @@ def test_two_gloo_processes_make_the_one_process_first_update(tiny, tmp_path, me
     moved = max(float((w1[k] - base[k]).abs().max()) for k in base)
     difference = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
     print(f"{method}: update size {moved:.3g}, one vs two processes max |difference| {difference:.3g}")
-    # Adam's first step is ~lr * sign(g): gradient entries within float noise of Adam's eps move by a visible fraction
-    # of lr, so the weights agree to a small fraction of the update, the gradient norm and loss to float precision
-    assert moved > 1e-4 and difference < 0.01 * moved
+    assert moved > 1e-4 and difference < 1e-3 * moved
 
 
 def test_kill_at_a_random_step_and_resume_gives_the_uninterrupted_run(tiny, tmp_path):
