@@ -17,13 +17,13 @@ sweep point that needs it: `{model}--{dataset}--{variant}`.
 from __future__ import annotations
 
 import copy
-import json
 import re
 import shlex
 from dataclasses import dataclass, field
 
 import yaml
 
+from .atomic import write_json_atomic, write_text_atomic
 from .objective import available_objectives, build_objective, objective_parameters
 from .runconfig import ConfigError, checkpoint_steps, parse_config
 
@@ -45,9 +45,10 @@ def number_slug(value: float) -> str:
 
 
 def command_args(options: dict) -> str:
-    """{'train_kind': 'x', 'steps': 3} -> "--train-kind x --steps 3" (shell-quoted; true as a bare flag)."""
+    """{'train_kind': 'x', 'steps': 3} -> "--steps 3 --train-kind x" (keys sorted, so the command does not depend
+    on the config's key order; shell-quoted; true as a bare flag)."""
     args: list[str] = []
-    for key, value in options.items():
+    for key, value in sorted(options.items()):
         flag = "--" + str(key).replace("_", "-")
         if value is True:
             args.append(flag)
@@ -72,6 +73,16 @@ def deep_merge(base: dict, override: dict) -> dict:
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def sorted_keys(value):
+    """`value` with every nested mapping's keys in sorted order: a run config whose text, and so Snakemake's record
+    of the rule's params, does not depend on the order keys happen to have in the workflow config."""
+    if isinstance(value, dict):
+        return {key: sorted_keys(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [sorted_keys(item) for item in value]
+    return value
 
 
 def canonical(value):
@@ -309,7 +320,8 @@ class Plan:
         return next(d for d in self.datasets if slug(d) == dataset_slug)
 
     def run_config(self, run_name: str) -> dict:
-        """The RUN CONFIG of docs/design.md for one run."""
+        """The RUN CONFIG of docs/design.md for one run, keys sorted (reordering the workflow config changes
+        nothing, so reruns nothing)."""
         run = self.runs[run_name]
         model = self.models[run.model]
         config = {
@@ -319,7 +331,7 @@ class Plan:
             "data": {"train": self.train_data(run.dataset)},
             "method": {"name": run.objective, "params": dict(run.params)},
         }
-        return {**config, **copy.deepcopy(run.trainer)}
+        return sorted_keys({**config, **copy.deepcopy(run.trainer)})
 
     def n_prompts(self, dataset: str) -> int:
         return int(self.datasets[dataset]["n_prompts"])
@@ -405,9 +417,7 @@ class Plan:
 
     def spec(self, name: str) -> dict:
         """The JSON spec of a table or figure, by its config key."""
-        if name in self.tables:
-            return self.table_spec(name)
-        return self.figure_spec(name)
+        return sorted_keys(self.table_spec(name) if name in self.tables else self.figure_spec(name))
 
     # ------------------------------------------------------------------------------------------ cluster jobs
     def resources(self, step: str, model: str, slurm: dict) -> dict:
@@ -452,14 +462,11 @@ def _note(log: str | None, path: str) -> None:
 
 def dump_json(data, path: str, log: str | None = None) -> None:
     """Write a spec as JSON (and, from a workflow rule, a line in its log)."""
-    with open(path, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
+    write_json_atomic(path, data, sort_keys=True)
     _note(log, path)
 
 
 def write_yaml(data, path: str, log: str | None = None) -> None:
     """Write a run config as YAML (and, from a workflow rule, a line in its log)."""
-    with open(path, "w") as handle:
-        yaml.safe_dump(data, handle, sort_keys=False)
+    write_text_atomic(path, yaml.safe_dump(data, sort_keys=False))
     _note(log, path)

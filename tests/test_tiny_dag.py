@@ -75,7 +75,7 @@ def test_second_invocation_has_nothing_to_do(tiny_run):
 def test_changing_one_method_reruns_only_its_runs(tiny_run):
     config = yaml.safe_load((tiny_run / "config" / "tiny.yaml").read_text())
     config["methods"]["GRPO"]["params"] = {"clip_eps_high": 0.25}
-    (tiny_run / "config" / "changed.yaml").write_text(yaml.safe_dump(config))
+    (tiny_run / "config" / "changed.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     jobs = scheduled(snakemake(tiny_run, "--cores", "2", "--configfile", "config/changed.yaml", "--dry-run", "all"))
     trained = sorted(run for rule, run in jobs if rule == "train")
     assert trained == ["tiny-a--deepscaler-preview--grpo"]
