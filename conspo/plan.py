@@ -381,7 +381,7 @@ class Plan:
             else:
                 cell["selection"] = self.selection(cell["run"])
             cells.append(cell)
-        return {"table": table, "number": spec["number"], "title": spec["title"], "benchmarks": spec["benchmarks"],
+        return {"table": table, "number": spec.get("number"), "title": spec["title"], "benchmarks": spec["benchmarks"],
                 "methods": ([BASE_MODEL] if spec.get("base_model", False) else []) + list(spec["methods"]),
                 "blocks": [dict(b) for b in spec["blocks"]], "reference": spec.get("reference"),
                 "benchmark_labels": {b: self.benchmarks[b].get("label", b) for b in spec["benchmarks"]},

@@ -1,4 +1,5 @@
-"""`conspo tables`: Tables 1-6 in the paper's layout, with the paper's numbers beside the reproduced ones.
+"""`conspo tables`: Tables 1-6 in the paper's layout, with the paper's numbers beside the reproduced ones, and tables
+beyond the paper (no `number`: every cell says it has no published counterpart) in the same layout.
 
     conspo tables aggregate --spec specs/table1.json --cells tables/table1/cells.csv --paired tables/table1/paired.csv
     conspo tables render --spec specs/table1.json --cells ... --paired ... --published config/published_tables.csv \
@@ -119,6 +120,11 @@ def load_published(path: str) -> dict[tuple, float]:
     return {(int(r.table), r.model, r.dataset, r.method, r.benchmark): float(r.value) for r in frame.itertuples()}
 
 
+def heading(spec: dict) -> str:
+    """'Table 1: <title>' for a table of the paper, the bare title for a table beyond it."""
+    return spec["title"] if spec["number"] is None else f"Table {spec['number']}: {spec['title']}"
+
+
 def columns_of(spec: dict) -> list[tuple[str, str]]:
     """(benchmark key, header) of the table's columns, the average last."""
     return [(b, spec["benchmark_labels"][b]) for b in spec["benchmarks"]] + [(AVERAGE, AVERAGE_LABEL)]
@@ -196,7 +202,7 @@ def _paired_rows(spec: dict, paired: pd.DataFrame) -> list[tuple[str, str, dict]
 
 def write_markdown(spec: dict, cells: pd.DataFrame, paired: pd.DataFrame, published: dict, path: str) -> None:
     headers = [h for _, h in columns_of(spec)]
-    lines = [f"# Table {spec['number']}: {spec['title']}", ""]
+    lines = [f"# {heading(spec)}", ""]
     for selection, caption in (("best", "Best checkpoint (as the paper reports)"), ("last", "Last checkpoint")):
         lines += [f"## {caption}", ""]
         rows = layout(spec, cells, published, selection)
@@ -296,19 +302,20 @@ def _html_table(spec: dict, rows: list[dict], table_id: str) -> str:
 
 
 def write_html(spec: dict, cells: pd.DataFrame, paired: pd.DataFrame, published: dict, path: str) -> None:
-    title = f"Table {spec['number']}: {spec['title']}"
+    title = heading(spec)
     parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>{STYLE}"
              f"</head><body>", f"<h2>{html.escape(title)}</h2>",
              "<p>Reproduced value at the best checkpoint ± standard error over problems; below it the paper's "
-             "value and the difference. <b>Bold</b>: best per column, <u>underlined</u>: runner-up.</p>",
-             _html_table(spec, layout(spec, cells, published, "best"), f"table{spec['number']}-best"),
+             "value and the difference where the paper has the cell. <b>Bold</b>: best per column, "
+             "<u>underlined</u>: runner-up.</p>",
+             _html_table(spec, layout(spec, cells, published, "best"), f"{spec['table']}-best"),
              "<h3>Last checkpoint</h3>",
-             _html_table(spec, layout(spec, cells, published, "last"), f"table{spec['number']}-last")]
+             _html_table(spec, layout(spec, cells, published, "last"), f"{spec['table']}-last")]
     if spec.get("reference"):
         columns = columns_of(spec)
         parts += [f"<h3>Paired differences: {html.escape(spec['reference'])} − method "
                   "(best checkpoints; mean ± SE over problems)</h3>",
-                  f'<table class="conspo" id="table{spec["number"]}-paired"><thead><tr><th>Model</th><th>Method</th>'
+                  f'<table class="conspo" id="{spec["table"]}-paired"><thead><tr><th>Model</th><th>Method</th>'
                   + "".join(f"<th>{html.escape(h)}</th>" for _, h in columns) + "</tr></thead><tbody>"]
         for model, method, diffs in _paired_rows(spec, paired):
             parts.append(f"<tr><td>{html.escape(model)}</td><td>{html.escape(method)}</td>" + "".join(
@@ -349,7 +356,7 @@ def main(argv: list[str]) -> int:
         Path(args.cells).parent.mkdir(parents=True, exist_ok=True)
         cells.to_csv(args.cells, index=False)
         paired.to_csv(args.paired, index=False)
-        print(f"table {spec['number']}: {len(cells)} cells, {len(paired)} paired differences")
+        print(f"{spec['table']}: {len(cells)} cells, {len(paired)} paired differences")
         return 0
     cells = pd.read_csv(args.cells, keep_default_na=False, na_values=[""])
     paired = pd.read_csv(args.paired, keep_default_na=False, na_values=[""])
