@@ -67,15 +67,15 @@ def paper_dry_run(tmp_path_factory):
 
 def test_paper_grid_job_counts(paper_dry_run):
     counts = Counter(job["rule"] for job in paper_dry_run)
-    assert counts["train"] == 48
-    assert counts["evaluate_checkpoint"] == 2002
+    assert counts["train"] == 50  # 48 for the paper's tables and figures, CLIPO and CEPO for the table beyond it
+    assert counts["evaluate_checkpoint"] == 2100  # 2002 + 2 runs x 7 checkpoints x 7 benchmarks
     assert counts["evaluate_base_model"] == 32  # each base model once per benchmark it is shown on
-    assert counts["select_checkpoint"] == 48 and counts["training_curves"] == 48
+    assert counts["select_checkpoint"] == 50 and counts["training_curves"] == 50
     assert counts["prepare_model"] == 5 and counts["prepare_training_set"] == 2 and counts["prepare_benchmark"] == 7
-    assert counts["aggregate_table"] == counts["render_table"] == 6
+    assert counts["aggregate_table"] == counts["render_table"] == 7  # Tables 1-6 and the table beyond the paper
     assert counts["draw_figure1"] == counts["draw_figure2"] == 1
     trained = {job["wildcards"]["run"] for job in paper_dry_run if job["rule"] == "train"}
-    assert len(trained) == 48 and f"{R15}--conspo" in trained and f"{R15}--conspo-no-margin" in trained
+    assert len(trained) == 50 and f"{R15}--conspo" in trained and f"{R15}--conspo-no-margin" in trained
     assert not any(name.endswith("--conspo-M0") or name.endswith("--conspo-tau10") for name in trained)
 
 
@@ -99,6 +99,7 @@ def test_each_table_reads_the_expected_cells(paper_dry_run):
     assert all("dapo-math-17k" in p for p in inputs["table5"] if "/selected/" in p)
     assert cells("table6") == (sorted(["conspo", "conspo-no-contrastive", "conspo-ratio-scores", "conspo-no-margin",
                                        "conspo-fixed-margin"]), [], [])
+    assert cells("beyond") == (sorted(["grpo", "clipo", "cepo", "conspo"]), ["deepseek-r1-distill-qwen-1.5b"], seven)
     figure2 = next(job for job in paper_dry_run if job["rule"] == "draw_figure2")
     assert len([p for p in figure2["input"] if "/selected/" in p]) == 13  # 15 sweep points, 2 shared runs
 

@@ -32,13 +32,14 @@ def paper() -> Plan:
     return make_plan(load_config("paper.yaml"))
 
 
-def test_paper_grid_has_48_distinct_runs(paper):
-    assert len(paper.runs) == 48
+def test_paper_grid_has_50_distinct_runs(paper):
+    assert len(paper.runs) == 50
     per_model = {}
     for run in paper.runs.values():
         per_model[(run.model, run.dataset)] = per_model.get((run.model, run.dataset), 0) + 1
-    # Table 1 (8) + Table 6 ablations (4) + Figure 2 (4 tau + 3 M + 4 alpha) on 1.5B; 5 methods elsewhere
-    assert per_model == {("DeepSeek-R1-Distill-Qwen-1.5B", "DeepScaleR-Preview"): 23,
+    # Table 1 (8) + Table 6 ablations (4) + Figure 2 (4 tau + 3 M + 4 alpha) + CLIPO and CEPO (the table beyond the
+    # paper) on 1.5B; 5 methods elsewhere
+    assert per_model == {("DeepSeek-R1-Distill-Qwen-1.5B", "DeepScaleR-Preview"): 25,
                          ("DeepSeek-R1-Distill-Qwen-7B", "DeepScaleR-Preview"): 5,
                          ("DeepSeek-R1-Distill-Llama-8B", "DeepScaleR-Preview"): 5,
                          ("Qwen3-4B-Base", "DeepScaleR-Preview"): 5,
@@ -63,8 +64,8 @@ def test_checkpoints_and_evaluations(paper):
     assert paper.checkpoint_steps("deepseek-r1-distill-qwen-1.5b--dapo-math-17k--grpo") == [100, 200, 280]
     assert paper.run_benchmarks("llama-3.2-3b-instruct--deepscaler-preview--grpo") == [
         "AIME24", "MATH500", "AMC", "OlympiadBench"]
-    # 23 runs x 7 ckpts x 7 + 2 x 5 x 7 x 7 + 5 x 4 x 7 (Qwen3-4B) + 5 x 7 x 4 (Llama, Table 4) + 5 x 3 x 7 (DAPO)
-    assert paper.summary() == {"runs": 48, "evaluations": 2002, "base_evaluations": 32}
+    # 25 runs x 7 ckpts x 7 + 2 x 5 x 7 x 7 + 5 x 4 x 7 (Qwen3-4B) + 5 x 7 x 4 (Llama, Table 4) + 5 x 3 x 7 (DAPO)
+    assert paper.summary() == {"runs": 50, "evaluations": 2100, "base_evaluations": 32}
     assert paper.base_benchmarks("Llama-3.2-3B-Instruct") == ["AIME24", "MATH500", "AMC", "OlympiadBench"]
 
 
@@ -73,12 +74,29 @@ def test_table_cells_match_the_published_tables(paper):
 
     published = pd.read_csv(ROOT / "config" / "published_tables.csv")
     for table, spec in paper.tables.items():
+        if spec["number"] is None:
+            continue
         cells = paper.cells(table)
         ours = {(c["model"], c["dataset"], c["method"]) for c in cells}
         theirs = published[published["table"] == spec["number"]]
         assert ours == set(zip(theirs["model"], theirs["dataset"], theirs["method"])), table
         assert set(spec["benchmarks"]) | {"Avg"} == set(theirs["benchmark"]), table
         assert all((c["run"] is None) == (c["method"] == BASE_MODEL) for c in cells)
+
+
+def test_table_beyond_the_paper_shares_table_1s_setting_and_runs(paper):
+    beyond, table1 = paper.table_spec("beyond"), paper.table_spec("table1")
+    assert beyond["number"] is None and beyond["title"] == "Beyond the paper: ConSPO vs CLIPO and CEPO"
+    assert beyond["blocks"] == table1["blocks"] and beyond["benchmarks"] == table1["benchmarks"]
+    assert beyond["methods"] == [BASE_MODEL, "GRPO", "CLIPO", "CEPO", "ConSPO"] and beyond["reference"] == "ConSPO"
+    runs = {cell["method"]: cell["run"] for cell in beyond["cells"]}
+    assert runs == {BASE_MODEL: None, "GRPO": f"{R15}--grpo", "CLIPO": f"{R15}--clipo", "CEPO": f"{R15}--cepo",
+                    "ConSPO": f"{R15}--conspo"}
+    assert {cell["run"] for cell in table1["cells"]} >= {runs["GRPO"], runs["ConSPO"]}
+    assert paper.runs[f"{R15}--clipo"].serves == ["beyond:CLIPO"]
+    assert paper.run_config(f"{R15}--clipo")["method"]["params"]["head_warmup_steps"] == 58  # published recipe
+    assert paper.run_config(f"{R15}--cepo")["method"]["params"]["warmup_steps"] == 25
+    assert paper.checkpoint_steps(f"{R15}--cepo") == paper.checkpoint_steps(f"{R15}--grpo")
 
 
 def test_run_configs_follow_tables_7_and_8(paper):
@@ -118,9 +136,13 @@ def test_cluster_resources_per_model_size(paper):
 
 def test_tiny_config_exercises_every_table_and_figure():
     tiny = make_plan(load_config("tiny.yaml"))
-    assert set(tiny.tables) == {f"table{i}" for i in range(1, 7)} and set(tiny.figures) == {"figure1", "figure2"}
+    assert set(tiny.tables) == {*(f"table{i}" for i in range(1, 7)), "beyond"}
+    assert set(tiny.figures) == {"figure1", "figure2"}
     assert all(m["source"] == "tiny" for m in tiny.models.values())
-    assert len(tiny.runs) == 7
+    assert len(tiny.runs) == 9
+    # the warm-ups end within the 4 steps, so CLIPO shapes rewards and CEPO reweights tokens before the run ends
+    assert tiny.run_config("tiny-a--deepscaler-preview--clipo")["method"]["params"]["head_warmup_steps"] == 1
+    assert tiny.run_config("tiny-a--deepscaler-preview--cepo")["method"]["params"]["warmup_steps"] == 2
     assert tiny.config["evaluation"]["engine"] == "transformers"
     assert tiny.model_command("tiny-a").startswith("conspo build-tiny-model --out results/models/tiny-a --batch-size")
 

@@ -60,11 +60,11 @@ def tiny_run(tmp_path_factory):
 
 def test_every_table_and_figure_is_built(tiny_run):
     results = tiny_run / "results"
-    for table in range(1, 7):
+    for table in [*(f"table{i}" for i in range(1, 7)), "beyond"]:
         for ext in ("csv", "md", "tex", "html"):
-            assert (results / "tables" / f"table{table}" / f"table{table}.{ext}").stat().st_size > 0
+            assert (results / "tables" / table / f"{table}.{ext}").stat().st_size > 0
     assert (results / "figures" / "figure1.png").exists() and (results / "figures" / "figure2.png").exists()
-    assert len(list((results / "figures" / "curves").glob("*.png"))) == 7
+    assert len(list((results / "figures" / "curves").glob("*.png"))) == 9  # one per distinct run
     assert (results / "report.html").stat().st_size > 100_000
 
 
@@ -95,8 +95,9 @@ def test_report_opens_in_chromium(tiny_run):
     from conspo.report import inspect_report
 
     seen = inspect_report(str(tiny_run / "results" / "report.html"), str(tiny_run / "results" / "report.png"),
-                          ("table1.html", "table6.html"))
+                          ("table1.html", "table6.html", "beyond.html"))
     assert {"Tables", "Figures", "Training curves"} <= set(seen["text"].split("\n"))
     assert seen["opened"]["table1.html"]["tables"] == 3
     assert "w/o scheduled margin" in seen["opened"]["table6.html"]["text"]
+    assert {"CLIPO", "CEPO"} <= set(seen["opened"]["beyond.html"]["text"].split())
     assert (tiny_run / "results" / "report.png").stat().st_size > 10_000
