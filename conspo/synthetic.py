@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class ExpressionStyle:
-    """How to draw one "Compute ..." problem: operand count, operand range, operators, chance of a bracket."""
+    """How to draw one "Compute a+b-c." problem: the number of operands and their range (0..max_operand)."""
 
-    operands: tuple[int, int]  # inclusive range of the number of operands
-    max_operand: int  # operands are drawn from 0..max_operand
-    operators: str  # subset of "+-*"
-    max_factor: int  # operands next to a "*" are drawn from 0..max_factor, keeping answers short
-    bracket_probability: float = 0.0
+    operands: int
+    max_operand: int
 
 
 @dataclass(frozen=True)
@@ -50,21 +48,17 @@ class TaskKind:
     equation_share: float = 0.0  # fraction of problems drawn as linear equations
 
 
-def _sums(operands: int, max_operand: int) -> ExpressionStyle:
-    return ExpressionStyle(operands=(operands, operands), max_operand=max_operand, operators="+-",
-                           max_factor=max_operand)
-
-
-# Difficulty is graded by operand count and range only (sums and differences), so that a ~2-minute warm start of a
-# character-level policy learns them partially: what is measured is generalisation to unseen operand tuples.
+# Difficulty is graded by operand count and range only (sums and differences), so that a few-minute warm start of a
+# character-level policy on worked solutions learns them partially: what is measured is generalisation to unseen
+# operand tuples.
 BENCHMARK_STYLES = {
-    "math500": _sums(2, 14),
-    "amc": _sums(2, 20),
-    "olympiadbench": _sums(2, 29),
-    "aime24": _sums(3, 5),
-    "aime25": _sums(3, 9),
-    "aime26": _sums(3, 12),
-    "hmmt25": _sums(3, 19),
+    "math500": ExpressionStyle(2, 14),
+    "amc": ExpressionStyle(2, 20),
+    "olympiadbench": ExpressionStyle(2, 29),
+    "aime24": ExpressionStyle(3, 5),
+    "aime25": ExpressionStyle(3, 9),
+    "aime26": ExpressionStyle(3, 12),
+    "hmmt25": ExpressionStyle(3, 19),
 }
 
 KINDS: dict[str, TaskKind] = {
@@ -79,7 +73,7 @@ KINDS: dict[str, TaskKind] = {
         role="train",
         stands_for="BytedTsinghua-SIA/DAPO-Math-17k",
         description="half tiny linear equations (x+b=c or 2*x+b=c, x up to 20), half 2-operand sums up to 19",
-        expressions=(_sums(2, 19),),
+        expressions=(ExpressionStyle(2, 19),),
         equation=EquationStyle(max_coefficient=2, max_solution=20),
         equation_share=0.5,
     ),
@@ -121,37 +115,12 @@ def problem_side(problem: str) -> str:
     return "benchmark" if digest[0] % 4 == 0 else "train"
 
 
-def _evaluate_flat(values: list[int], operators: list[str]) -> int:
-    """Value of v0 op0 v1 op1 ... with * binding tighter than + and - (left to right)."""
-    terms = [values[0]]
-    signs = [1]
-    for operator, value in zip(operators, values[1:]):
-        if operator == "*":
-            terms[-1] *= value
-        else:
-            terms.append(value)
-            signs.append(1 if operator == "+" else -1)
-    return sum(sign * term for sign, term in zip(signs, terms))
-
-
 def _draw_expression(rng: random.Random, style: ExpressionStyle) -> tuple[str, int]:
-    count = rng.randint(*style.operands)
-    operators = [rng.choice(style.operators) for _ in range(count - 1)]
-    values = []
-    for index in range(count):
-        next_to_product = (index > 0 and operators[index - 1] == "*") or (
-            index < count - 1 and operators[index] == "*")
-        values.append(rng.randint(0, style.max_factor if next_to_product else style.max_operand))
-    texts = [str(value) for value in values]
-    if count > 2 and rng.random() < style.bracket_probability:
-        at = rng.randrange(count - 1)
-        inner = _evaluate_flat(values[at:at + 2], operators[at:at + 1])
-        texts[at:at + 2] = [f"({texts[at]}{operators[at]}{texts[at + 1]})"]
-        values[at:at + 2] = [inner]
-        del operators[at]
-    text = texts[0] + "".join(operator + operand for operator, operand in zip(operators, texts[1:]))
-    template = rng.choice(EXPRESSION_TEMPLATES)
-    return template.format(text), _evaluate_flat(values, operators)
+    values = [rng.randint(0, style.max_operand) for _ in range(style.operands)]
+    operators = [rng.choice("+-") for _ in range(style.operands - 1)]
+    text = str(values[0]) + "".join(operator + str(value) for operator, value in zip(operators, values[1:]))
+    answer = values[0] + sum(value if operator == "+" else -value for operator, value in zip(operators, values[1:]))
+    return rng.choice(EXPRESSION_TEMPLATES).format(text), answer
 
 
 def _draw_equation(rng: random.Random, style: EquationStyle) -> tuple[str, int]:
@@ -162,6 +131,38 @@ def _draw_equation(rng: random.Random, style: EquationStyle) -> tuple[str, int]:
     right = coefficient * solution + (offset if sign == "+" else -offset)
     unknown = "x" if coefficient == 1 else f"{coefficient}*x"
     return f"Solve {unknown}{sign}{offset}={right} for x.", solution
+
+
+EXPRESSION = re.compile(r"(?:Compute|Evaluate|Calculate|Find|What is|Work out) (\d+(?:[+-]\d+)+)[.?]")
+EQUATION = re.compile(r"Solve (?:(\d+)\*)?x([+-])(\d+)=(-?\d+) for x\.")
+
+
+def worked_solution(problem: str) -> str:
+    """The step-by-step solution of a synthetic problem, one binary operation per step, ending in the boxed answer:
+    "Compute 3+5-2." -> "3+5=8, 8-2=6. \\boxed{6}"; "Solve 2*x+3=17 for x." -> "2*x=17-3=14, x=14/2=7. \\boxed{7}".
+    The warm start teaches this form, so each result is computed next to its operands, not 70 characters after
+    them (the prompt's instruction sits between the problem and the answer)."""
+    expression = EXPRESSION.fullmatch(problem)
+    if expression:
+        numbers = [int(number) for number in re.findall(r"\d+", expression.group(1))]
+        operators = re.findall(r"[+-]", expression.group(1))
+        steps, value = [], numbers[0]
+        for operator, number in zip(operators, numbers[1:]):
+            result = value + number if operator == "+" else value - number
+            steps.append(f"{value}{operator}{number}={result}")
+            value = result
+        return ", ".join(steps) + f". \\boxed{{{value}}}"
+    equation = EQUATION.fullmatch(problem)
+    if equation is None:
+        raise ValueError(f"not a synthetic problem: {problem!r}")
+    coefficient, sign, offset, right = int(equation.group(1) or 1), equation.group(2), int(equation.group(3)), \
+        int(equation.group(4))
+    moved = right - offset if sign == "+" else right + offset
+    inverse = "-" if sign == "+" else "+"
+    if coefficient == 1:
+        return f"x={right}{inverse}{offset}={moved}. \\boxed{{{moved}}}"
+    solution = moved // coefficient
+    return f"{coefficient}*x={right}{inverse}{offset}={moved}, x={moved}/{coefficient}={solution}. \\boxed{{{solution}}}"
 
 
 def make_tasks(kind: str, n: int, seed: int) -> list[dict]:

@@ -3,7 +3,7 @@ import string
 
 import pytest
 
-from conspo.synthetic import BENCHMARK_KINDS, KINDS, TRAIN_KINDS, make_tasks, problem_side
+from conspo.synthetic import BENCHMARK_KINDS, KINDS, TRAIN_KINDS, make_tasks, problem_side, worked_solution
 
 PRINTABLE = set(string.printable) - set("\t\n\r\x0b\x0c")
 
@@ -73,6 +73,28 @@ def test_benchmarks_are_graded_in_difficulty():
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
     sizes = [mean_size(kind) for kind in ("aime24", "aime25", "aime26", "hmmt25")]
     assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_worked_solutions_reach_the_answer_one_operation_per_step(kind):
+    for record in make_tasks(kind, 200, seed=0):
+        solution = worked_solution(record["problem"])
+        steps, boxed = solution.rsplit(". ", 1)
+        assert boxed == f"\\boxed{{{record['answer']}}}"
+        for step in steps.split(", "):  # "a+b=c", "x=c-b=d" or "x=d/a=e": every equality holds
+            sides = step.split("=")
+            values = [eval(side, {"__builtins__": {}}) for side in sides if "x" not in side]
+            assert len(values) >= 2 and len(set(values)) == 1, (record, step)
+        assert steps.split(", ")[-1].endswith("=" + record["answer"])
+
+
+def test_worked_solution_examples():
+    assert worked_solution("Compute 3+5-2.") == "3+5=8, 8-2=6. \\boxed{6}"
+    assert worked_solution("What is 3-9?") == "3-9=-6. \\boxed{-6}"
+    assert worked_solution("Solve x+5=3 for x.") == "x=3-5=-2. \\boxed{-2}"
+    assert worked_solution("Solve 2*x-3=17 for x.") == "2*x=17+3=20, x=20/2=10. \\boxed{10}"
+    with pytest.raises(ValueError, match="not a synthetic problem"):
+        worked_solution("Compute 2**10.")
 
 
 def test_unknown_kind_names_the_choices():
