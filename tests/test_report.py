@@ -124,7 +124,7 @@ def test_report_opens_in_chromium_with_tables_and_figures(tiny_report):
     workdir, plan = tiny_report
     screenshot = workdir / plan.results / "report.png"  # kept beside the report it shows
     seen = inspect_report(str(workdir / plan.results / "report.html"), str(screenshot),
-                          ("table1.html", "table2.html", "figure2.png"))
+                          ("table1.html", "table2.html", "beyond.html", "figure2.png"))
     assert screenshot.stat().st_size > 10_000
     for category in ("Tables", "Figures", "Training curves"):
         assert category in seen["text"]
@@ -136,4 +136,7 @@ def test_report_opens_in_chromium_with_tables_and_figures(tiny_report):
     assert table1["tables"] == 3  # best, last, paired differences
     assert "ConSPO" in table1["text"] and "GRPO" in table1["text"] and "Base Model" in table1["text"]
     assert "tiny-b" in seen["opened"]["table2.html"]["text"]
+    beyond = seen["opened"]["beyond.html"]  # the table beyond the paper, beside Tables 1-6
+    assert beyond["tables"] == 3 and beyond["text"].strip().startswith("Beyond the paper: ConSPO vs CLIPO and CEPO")
+    assert all(name in beyond["text"] for name in ("CLIPO", "CEPO", "ConSPO", "GRPO", "no published value"))
     assert seen["opened"]["figure2.png"]["bytes"] > 1000
