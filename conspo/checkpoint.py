@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from .atomic import write_text_atomic
+
 STATE_FILE = "trainer_state.json"
 OBJECTIVE_FILE = "objective_state.pt"
 STEP_DIR = re.compile(r"^step-(\d{6})$")
@@ -92,6 +94,4 @@ def truncate_metrics(metrics_path: Path, last_step: int) -> None:
             continue
         if record.get("step", 0) <= last_step:
             kept.append(line)
-    tmp = metrics_path.with_suffix(".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, metrics_path)
+    write_text_atomic(metrics_path, "".join(line + "\n" for line in kept))

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .atomic import write_json_atomic
 from .data import format_prompt, read_jsonl
 from .generation import make_engine
 from .metrics import summarise
@@ -47,12 +48,6 @@ def metric_name(benchmark: str) -> str:
 
 def chunk_seed(seed: int, chunk: int) -> int:
     return int(np.random.SeedSequence([seed, chunk]).generate_state(1)[0] >> 1)
-
-
-def _write_json_atomic(path: Path, payload: dict) -> None:
-    partial = path.with_name(path.name + ".tmp")
-    partial.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(partial, path)
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -88,7 +83,7 @@ def _check_run_settings(path: Path, settings: dict) -> None:
             raise SystemExit(f"{path} records other settings than this run's: {recorded} != {settings}; "
                              "use another --out folder or delete the old samples")
     else:
-        _write_json_atomic(path, settings)
+        write_json_atomic(path, settings)
 
 
 def evaluate_benchmark(engine, verifier: Verifier, records: list[dict], *, benchmark: str, out: Path,
@@ -157,7 +152,7 @@ def write_metrics(out: Path, benchmark: str, records: list[dict], done: dict[str
         "verification_timeouts": sum(row["timed_out"] for row in rows),
         "engine": engine, "extraction": extraction, "sampling": sampling, "checkpoint": checkpoint,
     }
-    _write_json_atomic(out / f"{benchmark}.metrics.json", metrics)
+    write_json_atomic(out / f"{benchmark}.metrics.json", metrics)
     log.info("%s: %s = %.2f%% (se problems %s, se generation %.2f) over %d problems x %d samples", benchmark,
              metrics["metric"], summary.value, metrics["se_problems"], summary.se_generation, len(records), samples)
     return metrics

@@ -15,6 +15,8 @@ import json
 import re
 from pathlib import Path
 
+from .atomic import write_json_atomic
+
 STEP_DIR = re.compile(r"^step-(\d+)$")
 KEPT = ("benchmark", "metric", "value", "k", "n_problems", "se_problems", "se_generation", "per_problem_correct")
 
@@ -69,10 +71,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", required=True, help="selection JSON")
     args = parser.parse_args(argv[1:])
     selection = select(args.run, args.metrics)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w") as handle:
-        json.dump(selection, handle, indent=2)
-        handle.write("\n")
+    write_json_atomic(args.out, selection)
     print(f"{args.run}: best step {selection['best']['step']} (mean {selection['best']['average']:.2f}), "
           f"last step {selection['last']['step']} (mean {selection['last']['average']:.2f})")
     return 0

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .atomic import write_text_atomic
 from .metrics import paired_difference
 from .plan import AVERAGE, BASE_MODEL
 
@@ -227,7 +228,7 @@ def write_markdown(spec: dict, cells: pd.DataFrame, paired: pd.DataFrame, publis
             lines.append(f"| {model} | {method} | " + " | ".join(
                 f"{diffs[b][0]:+.1f} ± {diffs[b][1]:.1f}" for b, _ in columns_of(spec)) + " |")
         lines.append("")
-    Path(path).write_text("\n".join(lines))
+    write_text_atomic(path, "\n".join(lines))
 
 
 def _latex_escape(text: str) -> str:
@@ -263,7 +264,7 @@ def write_latex(spec: dict, cells: pd.DataFrame, published: dict, path: str) -> 
             out.append(_latex_escape(row["method"]) + " & " + " & ".join(texts) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}}", r"\end{table}",
             "% n/p: no published value for this cell", ""]
-    Path(path).write_text("\n".join(out))
+    write_text_atomic(path, "\n".join(out))
 
 
 STYLE = """<style>
@@ -323,7 +324,7 @@ def write_html(spec: dict, cells: pd.DataFrame, paired: pd.DataFrame, published:
                 + "</tr>")
         parts.append("</tbody></table>")
     parts.append("</body></html>")
-    Path(path).write_text("\n".join(parts))
+    write_text_atomic(path, "\n".join(parts))
 
 
 def render(spec: dict, cells: pd.DataFrame, paired: pd.DataFrame, published: dict, prefix: str) -> list[str]:

@@ -33,13 +33,14 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
 from tqdm import tqdm
 
+from .atomic import write_json_atomic, write_text_atomic
 from .batch import RolloutBatch
 from .checkpoint import latest_checkpoint, load_checkpoint, remove_partial, save_checkpoint, truncate_metrics
 from .data import format_prompt, read_jsonl
 from .distributed import collective_for
 from .losses import degenerate_fraction
 from .models import load_policy
-from .objective import RolloutContext, accumulate_gradients, build_objective
+from .objective import Objective, RolloutContext, accumulate_gradients, build_objective
 from .rollout import make_sampler, pad, prompt_token_ids, response_logits, token_entropy, token_logprobs, chunk_seed
 from .runconfig import (ConfigError, RunConfig, check_world_size, checkpoint_steps, config_to_dict, load_config,
                         total_steps)
@@ -157,7 +158,7 @@ def train(cfg: RunConfig, out: Path) -> dict:
             raise ConfigError(f"{key}: differs from the config this run started with ({saved}); use a new --out")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and not saved.exists():
-        saved.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        write_text_atomic(saved, yaml.safe_dump(resolved, sort_keys=False))
 
     # ------------------------------------------------------------------------------------------------ set-up
     set_seed(cfg.seed)
@@ -180,6 +181,12 @@ def train(cfg: RunConfig, out: Path) -> dict:
         reference = load_policy(cfg.model.path, dtype=cfg.model.dtype,
                                 trust_remote_code=cfg.model.trust_remote_code)[0]
     updates_per_step = t.mini_batches_per_step * t.ppo_epochs
+    # One optimizer step per rollout batch with a linear objective and no prepare hook: the behaviour policy is the
+    # current one, so the old log-probs are the gradient pass's own, detached, and the separate no-grad pass over
+    # the batch is skipped (as TRL does with num_iterations = 1). Sequence-score objectives need that pass anyway:
+    # their coefficients depend on every score of a group before any gradient flows.
+    old_from_gradient_pass = (objective.linear and updates_per_step == 1
+                              and type(objective).prepare is Objective.prepare)
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.adam_betas, eps=t.adam_eps,
                                   weight_decay=t.weight_decay)
     # not passed to prepare(): accelerate would step it once per process; registered for checkpoints instead
@@ -315,7 +322,10 @@ def train(cfg: RunConfig, out: Path) -> dict:
                 old_logprobs=torch.zeros(response_ids.shape, device=device), rewards=rollouts.rewards.to(device),
                 correct=rollouts.correct.to(device), group_ids=rollouts.group_ids.to(device),
                 truncated=rollouts.truncated.to(device))
-            batch.old_logprobs, entropy = forward_logprobs(policy, batch, with_entropy=True)
+            entropy_sums = torch.zeros(2, device=device)  # sum of token entropies, number of tokens
+            if not old_from_gradient_pass:  # else the gradient pass fills in old log-probs and entropies
+                batch.old_logprobs, entropy = forward_logprobs(policy, batch, with_entropy=True)
+                entropy_sums += torch.stack([(entropy * batch.response_mask).sum(), batch.response_mask.sum()])
             if reference is not None:
                 batch.ref_logprobs, _ = forward_logprobs(reference, batch)
             batch.validate()
@@ -350,6 +360,11 @@ def train(cfg: RunConfig, out: Path) -> dict:
                             logits, _ = response_logits(model, mb.prompt_ids, mb.prompt_mask, mb.response_ids,
                                                         mb.response_mask, cfg.rollout.temperature)
                         lp = token_logprobs(logits, mb.response_ids)
+                        if grad_pass and old_from_gradient_pass:
+                            mb.old_logprobs = lp.detach()  # read by the objective's sequence_terms(mb, lp) next
+                            with torch.no_grad():
+                                entropy_sums.add_(torch.stack([(token_entropy(logits) * mb.response_mask).sum(),
+                                                               mb.response_mask.sum()]))
                         if grad_pass:
                             seen[0] += len(mb)
                             with torch.no_grad():
@@ -358,7 +373,8 @@ def train(cfg: RunConfig, out: Path) -> dict:
                                                                torch.tensor(ratio.numel(), device=device)]).float())
                         return lp
 
-                    terms = objective.sequence_terms(mini, mini.old_logprobs) if on_policy else None
+                    terms = objective.sequence_terms(mini, mini.old_logprobs) \
+                        if on_policy and not old_from_gradient_pass else None
                     optimizer.zero_grad(set_to_none=True)
                     loss, obj_metrics = accumulate_gradients(objective, mini, logprob_fn,
                                                              micro_batch_size=t.micro_batch_size, progress=progress,
@@ -380,8 +396,7 @@ def train(cfg: RunConfig, out: Path) -> dict:
             lengths, _ = collective.gather(info.lengths)
             truncated, _ = collective.gather(info.truncated.float())
             prompt_tokens = accelerator.reduce(batch.prompt_mask.sum().float().reshape(1), reduction="sum")
-            ent = accelerator.reduce(torch.stack([(entropy * batch.response_mask).sum(),
-                                                  batch.response_mask.sum().float()]), reduction="sum")
+            ent = accelerator.reduce(entropy_sums, reduction="sum")
             ratios = accelerator.reduce(ratio_counts, reduction="sum")
             step_time = time.perf_counter() - started
             record = {
@@ -429,7 +444,7 @@ def train(cfg: RunConfig, out: Path) -> dict:
     done = {"steps": n_steps, "final_checkpoint": str(Path("checkpoints") / f"step-{n_steps:06d}"),
             "checkpoints": sorted(saves)}
     if accelerator.is_main_process:
-        (out / "done.json").write_text(json.dumps(done, indent=2) + "\n")
+        write_json_atomic(out / "done.json", done)
         if writer is not None:
             writer.close()
     accelerator.wait_for_everyone()

@@ -83,6 +83,24 @@ def test_each_method_completes_a_short_run(tiny, tmp_path, method):
     assert (tmp_path / "train.log").read_text().count("step 1/1") == 1
 
 
+def test_on_policy_linear_objectives_skip_the_old_logprob_pass_with_the_same_result(tiny, tmp_path, monkeypatch):
+    """GRPO with one optimizer step per batch takes its old log-probs from the gradient pass; giving it a (no-op)
+    prepare hook forces the separate no-grad pass: both runs must make the same updates and metrics."""
+    from baselines.grpo import GRPO
+
+    def run(out):
+        train(parse_config(run_config(tiny, method="grpo", total_steps=2)), out)
+        return metrics(out), final_weights(out)
+
+    skipped, skipped_weights = run(tmp_path / "skipped")
+    monkeypatch.setattr(GRPO, "prepare", lambda self, batch, context: batch)
+    full, full_weights = run(tmp_path / "full")
+    for a, b in zip(skipped, full):
+        for key in ("reward", "loss", "entropy", "grad_norm", "clip_frac_low", "clip_frac_high"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
+    assert all(torch.allclose(skipped_weights[k], full_weights[k], atol=1e-6) for k in full_weights)
+
+
 def test_ppo_mini_batches_dynamic_sampling_and_overlong_shaping(tiny, tmp_path):
     cfg = parse_config(run_config(tiny, method="dapo", total_steps=2, mini_batches_per_step=2, ppo_epochs=2,
                                   micro_batch_size=4, lr_schedule="cosine", warmup_steps=1,
@@ -204,7 +222,7 @@ def accuracy(model_path, problems):
     model, tokenizer = load_policy(model_path)
     engine = make_engine("transformers", None, model=model, tokenizer=tokenizer, batch_size=256)
     groups = engine.generate([format_prompt(p["problem"]) for p in problems], n=1, temperature=0.0, top_p=1.0,
-                             max_new_tokens=14, seed=0)
+                             max_new_tokens=40, seed=0)
     with Verifier(workers=1) as verifier:
         verdicts = verifier.verify([g[0].text for g in groups], [p["answer"] for p in problems])
     p = sum(v.correct for v in verdicts) / len(verdicts)
@@ -213,7 +231,7 @@ def accuracy(model_path, problems):
 
 def learning_run(tiny, out, method, steps):
     cfg = parse_config(run_config(tiny, method=method, total_steps=steps, prompts_per_step=16, micro_batch_size=32,
-                                  lr=1e-4, checkpoint_every=steps, rollout={"group_size": 8, "max_new_tokens": 14,
+                                  lr=1e-4, checkpoint_every=steps, rollout={"group_size": 8, "max_new_tokens": 40,
                                                                            "prompts_per_generation": 16}))
     train(cfg, out)
     return out / "checkpoints" / f"step-{steps:06d}"
