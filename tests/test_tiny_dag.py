@@ -27,7 +27,7 @@ pytestmark = [
 ]
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 900) -> str:
+def snakemake(workdir: Path, *args: str, timeout: int = 2400) -> str:
     result = subprocess.run([SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stdout + result.stderr

@@ -52,7 +52,7 @@ def run_config(tiny, **train_overrides):
         "model": {"path": str(tiny["model"])},
         "data": {"train": str(tiny["train"])},
         "method": {"name": method},
-        "rollout": {"group_size": 4, "max_new_tokens": 14, "prompts_per_generation": 2, **rollout},
+        "rollout": {"group_size": 4, "max_new_tokens": 40, "prompts_per_generation": 2, **rollout},
         "train": {"prompts_per_step": 4, "micro_batch_size": 8, "total_steps": 1, "lr": 1e-3,
                   "checkpoint_every": 1, **train_overrides},
         "verifier": {"workers": 1},
@@ -89,12 +89,13 @@ def test_on_policy_linear_objectives_skip_the_old_logprob_pass_with_the_same_res
     from baselines.grpo import GRPO
 
     def run(out):
-        train(parse_config(run_config(tiny, method="grpo", total_steps=2)), out)
+        train(parse_config(run_config(tiny, method="grpo", total_steps=2, rollout={"max_new_tokens": 40})), out)
         return metrics(out), final_weights(out)
 
     skipped, skipped_weights = run(tmp_path / "skipped")
     monkeypatch.setattr(GRPO, "prepare", lambda self, batch, context: batch)
     full, full_weights = run(tmp_path / "full")
+    assert any(r["grad_norm"] > 0 and r["degenerate_groups"] < 1 for r in skipped)  # the updates are not empty
     for a, b in zip(skipped, full):
         for key in ("reward", "loss", "entropy", "grad_norm", "clip_frac_low", "clip_frac_high"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
@@ -103,8 +104,8 @@ def test_on_policy_linear_objectives_skip_the_old_logprob_pass_with_the_same_res
 
 def test_ppo_mini_batches_dynamic_sampling_and_overlong_shaping(tiny, tmp_path):
     cfg = parse_config(run_config(tiny, method="dapo", total_steps=2, mini_batches_per_step=2, ppo_epochs=2,
-                                  micro_batch_size=4, lr_schedule="cosine", warmup_steps=1,
-                                  rollout={"max_new_tokens": 14}) | {
+                                  micro_batch_size=4, lr=1e-2, lr_schedule="cosine", warmup_steps=1,
+                                  rollout={"max_new_tokens": 40}) | {
         "dynamic_sampling": {"enabled": True, "max_rounds": 2},
         "overlong_shaping": {"enabled": True, "buffer": 4, "penalty": 1.0}})
     train(cfg, tmp_path)
@@ -113,7 +114,7 @@ def test_ppo_mini_batches_dynamic_sampling_and_overlong_shaping(tiny, tmp_path):
     assert all(r["dynamic_sampling/rounds"] in (1.0, 2.0) for r in records)
     # after the first of 4 optimizer steps the policy has moved: later mini-batches are off-policy
     assert any(r["clip_frac_low"] + r["clip_frac_high"] > 0 for r in records)
-    assert records[-1]["lr"] < 1e-3  # cosine decay
+    assert records[-1]["lr"] < 1e-2  # cosine decay
 
 
 def test_rerunning_a_finished_run_does_nothing_and_a_changed_config_is_refused(tiny, tmp_path):
