@@ -13,8 +13,9 @@ run: setup
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/tiny.yaml all
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/tiny.yaml --report results/report.html
 
-# Command 2: the test suite (CI). Tests marked `slow` (vLLM and SmolLM2 end to end, the whole tiny DAG,
-# accuracy gains of a longer RL run) take tens of minutes on 2 cores: `make test-all` runs them too.
+# Command 2: the test suite (CI), the whole tiny DAG end to end included (~10 of its ~20 minutes on 2 cores).
+# Tests marked `slow` (vLLM and SmolLM2 end to end, the report rules on synthetic metrics, accuracy gains of a
+# longer RL run) take tens of minutes more: `make test-all` runs them too.
 test:
 	bash scripts/setup.sh --browser
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
