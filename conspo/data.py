@@ -20,13 +20,13 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 from urllib.parse import urlparse
 
+from conspo.atomic import write_text_atomic
 from conspo.synthetic import make_tasks
 from conspo.verifier import last_boxed, normalise_number, normalise_olympiad_answer
 
@@ -184,18 +184,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
-    """Write records as JSON lines atomically: a temporary file in the same folder, then os.replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record) + "\n")
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    """Write records as JSON lines atomically (conspo.atomic)."""
+    write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in records))
 
 
 def _offline_requested() -> bool:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .atomic import write_json_atomic
+from .atomic import write_json_atomic, write_text_atomic
 from .data import format_prompt, read_jsonl
 from .generation import make_engine
 from .metrics import summarise
@@ -68,11 +68,7 @@ def load_done_samples(path: Path, k: int) -> dict[str, list[dict]]:
         by_problem.setdefault(sample["problem_id"], []).append(sample)
     done = {problem: samples for problem, samples in by_problem.items() if len(samples) == k}
     if sum(map(len, done.values())) != len(lines):
-        partial = path.with_name(path.name + ".tmp")
-        with open(partial, "w", encoding="utf-8") as handle:
-            for samples in done.values():
-                handle.writelines(json.dumps(sample) + "\n" for sample in samples)
-        os.replace(partial, path)
+        write_text_atomic(path, "".join(json.dumps(sample) + "\n" for samples in done.values() for sample in samples))
     return done
 
 
