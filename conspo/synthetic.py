@@ -137,11 +137,12 @@ EXPRESSION = re.compile(r"(?:Compute|Evaluate|Calculate|Find|What is|Work out) (
 EQUATION = re.compile(r"Solve (?:(\d+)\*)?x([+-])(\d+)=(-?\d+) for x\.")
 
 
-def worked_solution(problem: str) -> str:
+def worked_solution(problem: str, boxed: bool = True) -> str:
     """The step-by-step solution of a synthetic problem, one binary operation per step, ending in the boxed answer:
     "Compute 3+5-2." -> "3+5=8, 8-2=6. \\boxed{6}"; "Solve 2*x+3=17 for x." -> "2*x=17-3=14, x=14/2=7. \\boxed{7}".
     The warm start teaches this form, so each result is computed next to its operands, not 70 characters after
-    them (the prompt's instruction sits between the problem and the answer)."""
+    them (the prompt's instruction sits between the problem and the answer). With `boxed=False` the same steps end
+    in plain words instead ("3+5=8, 8-2=6. The answer is 6."), which the boxed verifier does not credit."""
     expression = EXPRESSION.fullmatch(problem)
     if expression:
         numbers = [int(number) for number in re.findall(r"\d+", expression.group(1))]
@@ -151,7 +152,7 @@ def worked_solution(problem: str) -> str:
             result = value + number if operator == "+" else value - number
             steps.append(f"{value}{operator}{number}={result}")
             value = result
-        return ", ".join(steps) + f". \\boxed{{{value}}}"
+        return ", ".join(steps) + ". " + _final_answer(value, boxed)
     equation = EQUATION.fullmatch(problem)
     if equation is None:
         raise ValueError(f"not a synthetic problem: {problem!r}")
@@ -160,9 +161,14 @@ def worked_solution(problem: str) -> str:
     moved = right - offset if sign == "+" else right + offset
     inverse = "-" if sign == "+" else "+"
     if coefficient == 1:
-        return f"x={right}{inverse}{offset}={moved}. \\boxed{{{moved}}}"
+        return f"x={right}{inverse}{offset}={moved}. " + _final_answer(moved, boxed)
     solution = moved // coefficient
-    return f"{coefficient}*x={right}{inverse}{offset}={moved}, x={moved}/{coefficient}={solution}. \\boxed{{{solution}}}"
+    return f"{coefficient}*x={right}{inverse}{offset}={moved}, x={moved}/{coefficient}={solution}. " \
+        + _final_answer(solution, boxed)
+
+
+def _final_answer(value: int, boxed: bool) -> str:
+    return f"\\boxed{{{value}}}" if boxed else f"The answer is {value}."
 
 
 def make_tasks(kind: str, n: int, seed: int) -> list[dict]:

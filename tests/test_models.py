@@ -53,8 +53,18 @@ def test_tiny_model_is_deterministic_in_its_seed():
     assert not all(torch.equal(first[name], other[name]) for name in first)
 
 
+def test_unboxed_share_outside_its_range_is_refused():
+    with pytest.raises(ValueError, match="unboxed_share"):
+        build_tiny_model(steps=1, batch_size=2, train_size=4, unboxed_share=1.0)
+
+
+BOXED = re.compile(r"[-+*/=x0-9, ]+\. \\boxed\{-?\d+\}")
+PLAIN = re.compile(r"[-+*/=x0-9, ]+\. The answer is -?\d+\.")
+
+
 def sample_tiny_benchmarks(model_path, temperature):
-    """4 samples on 48 synthetic MATH500 and 48 AIME24 stand-ins: (accuracy, share of stops, share boxed)."""
+    """4 samples on 48 synthetic MATH500 and 48 AIME24 stand-ins: accuracy, share of stops, share of worked solutions
+    ending in a box and in plain words, and the accuracy of the boxed ones."""
     engine = make_engine("transformers", model_path, batch_size=256)
     records = make_tasks("math500", 48, seed=7) + make_tasks("aime24", 48, seed=7)
     completions = engine.generate([format_prompt(record["problem"]) for record in records], n=4,
@@ -63,22 +73,31 @@ def sample_tiny_benchmarks(model_path, temperature):
     with Verifier(workers=1) as verifier:
         golds = [record["answer"] for record in records for _ in range(4)]
         verdicts = verifier.verify([c.text for c in samples], golds)
-    accuracy = sum(verdict.correct for verdict in verdicts) / len(verdicts)
-    stopped = sum(c.finish_reason == "stop" for c in samples) / len(samples)
-    boxed = sum(re.fullmatch(r"[-+*/=x0-9, ]+\. \\boxed\{-?\d+\}", c.text) is not None for c in samples) / len(samples)
-    return accuracy, stopped, boxed
+    boxed = [BOXED.fullmatch(c.text) is not None for c in samples]
+    return {"accuracy": sum(v.correct for v in verdicts) / len(samples),
+            "stopped": sum(c.finish_reason == "stop" for c in samples) / len(samples),
+            "boxed": sum(boxed) / len(samples),
+            "plain": sum(PLAIN.fullmatch(c.text) is not None for c in samples) / len(samples),
+            "boxed_accuracy": sum(v.correct for v, b in zip(verdicts, boxed) if b) / max(1, sum(boxed))}
 
 
-def test_tiny_model_answers_in_the_boxed_format(tiny_model_path):
-    accuracy, stopped, boxed = sample_tiny_benchmarks(tiny_model_path, temperature=0.6)
-    print(f"tiny model base accuracy at temperature 0.6: {100 * accuracy:.1f}%")
-    assert stopped > 0.9 and boxed > 0.9
-    assert accuracy <= 0.60
+def test_tiny_model_ends_its_worked_solutions_in_a_box_or_in_plain_words(tiny_model_path):
+    """The warm start's answer-form mix (`unboxed_share` 0.5) survives into sampling at the evaluation temperature:
+    the base policy boxes about half its answers, which is what RL on the boxed reward then raises."""
+    shares = sample_tiny_benchmarks(tiny_model_path, temperature=0.6)
+    print("tiny model at temperature 0.6:", {k: round(v, 3) for k, v in shares.items()})
+    assert shares["stopped"] > 0.9 and shares["boxed"] + shares["plain"] > 0.9
+    assert 0.3 < shares["boxed"] < 0.7
+    assert shares["accuracy"] <= 0.6
 
 
-def test_tiny_model_base_accuracy_is_mid_range(tiny_model_path):
-    accuracy, _, _ = sample_tiny_benchmarks(tiny_model_path, temperature=1.0)
-    assert 0.10 <= accuracy <= 0.60, accuracy
+def test_tiny_model_base_accuracy_leaves_room_for_rl(tiny_model_path):
+    """Sampled at the rollout temperature, the base policy is right often enough that groups of 8 carry signal, and
+    far from perfect both in its arithmetic and in its answer form."""
+    shares = sample_tiny_benchmarks(tiny_model_path, temperature=1.0)
+    print("tiny model at temperature 1.0:", {k: round(v, 3) for k, v in shares.items()})
+    assert 0.03 <= shares["accuracy"] <= 0.40
+    assert 0.05 <= shares["boxed_accuracy"] <= 0.60
 
 
 @pytest.mark.slow

@@ -93,6 +93,8 @@ def test_worked_solution_examples():
     assert worked_solution("What is 3-9?") == "3-9=-6. \\boxed{-6}"
     assert worked_solution("Solve x+5=3 for x.") == "x=3-5=-2. \\boxed{-2}"
     assert worked_solution("Solve 2*x-3=17 for x.") == "2*x=17+3=20, x=20/2=10. \\boxed{10}"
+    assert worked_solution("Compute 3+5-2.", boxed=False) == "3+5=8, 8-2=6. The answer is 6."
+    assert worked_solution("Solve x+5=3 for x.", boxed=False) == "x=3-5=-2. The answer is -2."
     with pytest.raises(ValueError, match="not a synthetic problem"):
         worked_solution("Compute 2**10.")
 
