@@ -13,6 +13,7 @@ import shlex
 import sys
 
 from .objective import Collective, SingleProcess, TorchDistributed
+from .runconfig import ConfigError, RunConfig
 
 ACCELERATE_CONFIGS = "config/accelerate"  # relative to the repository root, where the workflow runs
 
@@ -20,6 +21,25 @@ ACCELERATE_CONFIGS = "config/accelerate"  # relative to the repository root, whe
 def collective_for(accelerator) -> Collective:
     """All-gather over the process group accelerate initialised (identity on one process)."""
     return TorchDistributed() if accelerator.num_processes > 1 else SingleProcess()
+
+
+def configure_deepspeed(plugin, cfg: RunConfig, world: int) -> None:
+    """Fill the DeepSpeed config of an accelerate DeepSpeed plugin from the run config, before `prepare`: one engine
+    step per optimizer step (the trainer marks the last micro-batch as the accumulation boundary, so DeepSpeed's
+    own accumulation count stays 1 and its loss scaling a no-op), the micro-batch size, and clipping at
+    `train.max_grad_norm` (the engine clips; accelerate's "auto" would be 1.0). Refuses what ZeRO cannot run here."""
+    ds = plugin.deepspeed_config
+    if cfg.dynamic_sampling.enabled:
+        raise ConfigError("dynamic_sampling.enabled: not supported under DeepSpeed: ranks would keep different numbers "
+                          "of rollouts, hence run different numbers of backward passes, and ZeRO communicates in each")
+    stage = int(ds.get("zero_optimization", {}).get("stage", 0))
+    if stage == 3 and cfg.rollout.engine == "transformers":
+        raise ConfigError("rollout.engine: transformers generates with the full parameters, which ZeRO-3 partitions; "
+                          "use rollout.engine: vllm or ZeRO stage 2")
+    ds["train_micro_batch_size_per_gpu"] = cfg.train.micro_batch_size
+    ds["gradient_accumulation_steps"] = 1
+    ds["train_batch_size"] = cfg.train.micro_batch_size * world
+    ds["gradient_clipping"] = cfg.train.max_grad_norm or 0.0
 
 
 def default_accelerate_config(nodes: int, gpus_per_node: int) -> str:

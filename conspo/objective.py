@@ -246,34 +246,48 @@ def accumulate_gradients(
     progress: float,
     terms: Tensor | None = None,
     collective: Collective | None = None,
+    backward: Callable[[Tensor, bool], None] | None = None,
 ) -> tuple[float, dict[str, float]]:
     """Back-propagate the objective's loss on the whole step batch into the parameters' .grad, micro-batch by
     micro-batch, exactly (see module docstring). Returns the loss value and the objective's metrics.
 
     `terms`: this rank's no-grad terms at the current parameters if already known (e.g. from the behaviour policy's
-    log-probs on the first strictly on-policy update); computed with an extra no-grad pass otherwise, except for
-    linear objectives, whose coefficients do not depend on the terms.
-    With several ranks, gradients are assumed to be averaged by DDP/FSDP, so each rank's share is scaled by the world
-    size to make the average equal the whole-batch gradient.
+    log-probs on the first strictly on-policy update). Otherwise a non-linear objective whose rank batch fits one
+    micro-batch takes them from the gradient pass itself (its graph is kept while the coefficients are computed);
+    a larger batch gets an extra no-grad pass. Linear objectives need no terms for their coefficients.
+    With several ranks, gradients are assumed to be averaged by DDP/FSDP/DeepSpeed, so each rank's share is scaled by
+    the world size to make the average equal the whole-batch gradient.
+    `backward(surrogate, last)`: how to back-propagate one micro-batch's surrogate, `last` marking the step's final
+    one (the trainer passes accelerate's, for DeepSpeed's accumulation boundary); `surrogate.backward()` by default.
     """
     collective = collective or SingleProcess()
+    backward = backward or (lambda surrogate, last: surrogate.backward())
     info = _gather_info(batch.info, collective)
+    graph = None  # (terms with their graph): the gradient pass already done, when the batch is one micro-batch
     if terms is None and not objective.linear:
-        terms = compute_terms(objective, batch, logprob_fn, micro_batch_size)
+        if len(batch) <= micro_batch_size:
+            graph = objective.sequence_terms(batch, logprob_fn(batch))
+            terms = graph.detach()
+        else:
+            terms = compute_terms(objective, batch, logprob_fn, micro_batch_size)
     probe = terms if terms is not None else torch.zeros(len(batch), objective.n_terms)
     full, offset = collective.gather(probe)
     if terms is not None:
-        _check_finite(full, "no-grad pass")
+        _check_finite(full, "no-grad pass" if graph is None else "gradient pass")
     leaf = full.clone().requires_grad_(True)
     loss, metrics = objective.loss(leaf, info, progress)
     (coeffs,) = torch.autograd.grad(loss, leaf, allow_unused=True, materialize_grads=True)
     coeffs = coeffs[offset : offset + len(batch)] * collective.world_size
+    if graph is not None:
+        backward((coeffs.to(graph.dtype) * graph).sum(), True)
+        return float(loss.detach()), metrics
 
     seen = []
-    for idx, mb in batch.micro_batches(micro_batch_size):
+    micro_batches = batch.micro_batches(micro_batch_size)
+    for number, (idx, mb) in enumerate(micro_batches, start=1):
         mb_terms = objective.sequence_terms(mb, logprob_fn(mb))
         _check_finite(mb_terms.detach(), "gradient pass")
-        (coeffs[idx].to(mb_terms.dtype) * mb_terms).sum().backward()
+        backward((coeffs[idx].to(mb_terms.dtype) * mb_terms).sum(), number == len(micro_batches))
         seen.append(mb_terms.detach())
     if terms is None:  # linear objective: report the loss at the terms the gradient pass saw
         full, _ = collective.gather(torch.cat(seen))

@@ -30,14 +30,15 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs, DistributedType, set_seed
+from accelerate.utils import (DistributedDataParallelKwargs, DistributedType, InitProcessGroupKwargs,
+                               parse_flag_from_env, set_seed)
 from tqdm import tqdm
 
 from .atomic import write_json_atomic, write_text_atomic
 from .batch import RolloutBatch
 from .checkpoint import latest_checkpoint, load_checkpoint, remove_partial, save_checkpoint, truncate_metrics
 from .data import format_prompt, read_jsonl
-from .distributed import collective_for
+from .distributed import collective_for, configure_deepspeed
 from .losses import degenerate_fraction
 from .models import load_policy
 from .objective import Objective, RolloutContext, accumulate_gradients, build_objective
@@ -139,9 +140,15 @@ def first_difference(a, b, prefix=""):
 
 
 def train(cfg: RunConfig, out: Path) -> dict:
-    # cpu=True on machines without CUDA: accelerate then joins the launched processes in a gloo group (MULTI_CPU)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
-                              kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)])
+    # cpu=True on machines without CUDA: accelerate then joins the launched processes in a gloo group (MULTI_CPU).
+    # An accelerate config with DeepSpeed sets ACCELERATE_USE_DEEPSPEED; accelerate drops DeepSpeed under cpu=True,
+    # so without CUDA it gets cpu=False and gloo named (DeepSpeed's CPU accelerator).
+    deepspeed = parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
+    cpu_only = not torch.cuda.is_available()
+    handlers = [DistributedDataParallelKwargs(broadcast_buffers=False)]
+    if deepspeed and cpu_only:
+        handlers.append(InitProcessGroupKwargs(backend="gloo"))
+    accelerator = Accelerator(cpu=cpu_only and not deepspeed, kwargs_handlers=handlers)
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     check_world_size(cfg, world)
     out.mkdir(parents=True, exist_ok=True)
@@ -181,17 +188,19 @@ def train(cfg: RunConfig, out: Path) -> dict:
         reference = load_policy(cfg.model.path, dtype=cfg.model.dtype,
                                 trust_remote_code=cfg.model.trust_remote_code)[0]
     updates_per_step = t.mini_batches_per_step * t.ppo_epochs
-    # One optimizer step per rollout batch with a linear objective and no prepare hook: the behaviour policy is the
-    # current one, so the old log-probs are the gradient pass's own, detached, and the separate no-grad pass over
-    # the batch is skipped (as TRL does with num_iterations = 1). Sequence-score objectives need that pass anyway:
-    # their coefficients depend on every score of a group before any gradient flows.
-    old_from_gradient_pass = (objective.linear and updates_per_step == 1
-                              and type(objective).prepare is Objective.prepare)
+    # One optimizer step per rollout batch and no prepare hook: the behaviour policy is the current one, so the old
+    # log-probs can be the gradient pass's own, detached, and the separate no-grad pass over the batch is skipped
+    # (as TRL does with num_iterations = 1). Linear objectives always can; sequence-score objectives only when the
+    # rank's batch is one micro-batch, since their coefficients need every score of a group before any gradient
+    # flows (decided per step below: dynamic sampling varies the batch).
+    single_update = updates_per_step == 1 and type(objective).prepare is Objective.prepare
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.adam_betas, eps=t.adam_eps,
                                   weight_decay=t.weight_decay)
     # not passed to prepare(): accelerate would step it once per process; registered for checkpoints instead
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(t.lr_schedule, t.warmup_steps, n_steps * updates_per_step))
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        configure_deepspeed(accelerator.state.deepspeed_plugin, cfg, world)
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
     if reference is not None:
@@ -222,8 +231,8 @@ def train(cfg: RunConfig, out: Path) -> dict:
             truncate_metrics(out / "metrics.jsonl", start)
         log.info("resumed from %s (step %d of %d)", resume_from, start, n_steps)
     else:
-        log.info("run %s: %d prompts (%d usable), %d steps, method %s, %d process(es)", cfg.name, len(records),
-                 len(usable), n_steps, cfg.method.name, world)
+        log.info("run %s: %d prompts (%d usable), %d steps, method %s, %d process(es), %s", cfg.name, len(records),
+                 len(usable), n_steps, cfg.method.name, world, accelerator.distributed_type.value)
     accelerator.wait_for_everyone()
 
     writer = None
@@ -235,6 +244,11 @@ def train(cfg: RunConfig, out: Path) -> dict:
             pass
 
     # ------------------------------------------------------------------------------------------------ helpers
+    def backward(surrogate, last):
+        # DeepSpeed's engine steps (and clips) at the accumulation boundary: the step's last micro-batch
+        accelerator.sync_gradients = last
+        accelerator.backward(surrogate)
+
     def forward_logprobs(net, batch, with_entropy=False):
         """No-grad per-token log-probs (and entropies) of the responses, micro-batch by micro-batch."""
         lps, ents = [], []
@@ -323,6 +337,7 @@ def train(cfg: RunConfig, out: Path) -> dict:
                 correct=rollouts.correct.to(device), group_ids=rollouts.group_ids.to(device),
                 truncated=rollouts.truncated.to(device))
             entropy_sums = torch.zeros(2, device=device)  # sum of token entropies, number of tokens
+            old_from_gradient_pass = single_update and (objective.linear or len(batch) <= t.micro_batch_size)
             if not old_from_gradient_pass:  # else the gradient pass fills in old log-probs and entropies
                 batch.old_logprobs, entropy = forward_logprobs(policy, batch, with_entropy=True)
                 entropy_sums += torch.stack([(entropy * batch.response_mask).sum(), batch.response_mask.sum()])
@@ -378,12 +393,13 @@ def train(cfg: RunConfig, out: Path) -> dict:
                     optimizer.zero_grad(set_to_none=True)
                     loss, obj_metrics = accumulate_gradients(objective, mini, logprob_fn,
                                                              micro_batch_size=t.micro_batch_size, progress=progress,
-                                                             terms=terms, collective=collective)
+                                                             terms=terms, collective=collective, backward=backward)
+                    # under DeepSpeed: the engine has clipped and stepped; this returns its norm, step() is a no-op
                     norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm or float("inf"))
                     optimizer.step()
                     scheduler.step()
                     losses.append(loss)
-                    grad_norms.append(float(norm))
+                    grad_norms.append(float("nan") if norm is None else float(norm))
                     objective_metrics.append(obj_metrics)
             sampler.sync_weights()
             update_time = time.perf_counter() - update_started

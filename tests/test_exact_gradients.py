@@ -131,6 +131,25 @@ def test_on_policy_terms_from_old_logprobs_skip_the_extra_pass():
         torch.testing.assert_close(p.grad, r, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("off_policy", [0.0, 0.3])
+def test_a_batch_of_one_micro_batch_takes_its_coefficients_from_the_gradient_pass(off_policy):
+    objective = build_objective("conspo")
+    batch = make_batch(off_policy=off_policy)
+    model = TinyLM(seed=123)
+    calls = []
+
+    def counting(mb):
+        calls.append((len(mb), torch.is_grad_enabled()))
+        return model.response_logprobs(mb)
+
+    loss, _ = accumulate_gradients(objective, batch, counting, micro_batch_size=len(batch), progress=0.6)
+    assert calls == [(len(batch), True)]  # one pass, with gradients
+    ref_loss, ref_grads = reference_gradient(objective, batch, progress=0.6)
+    assert abs(loss - ref_loss) < 1e-5
+    for p, r in zip(model.parameters(), ref_grads):
+        torch.testing.assert_close(p.grad, r, atol=1e-6, rtol=1e-4)
+
+
 def test_non_finite_terms_are_refused():
     objective = build_objective("conspo")
     batch = make_batch()

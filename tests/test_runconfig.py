@@ -2,12 +2,13 @@
 command lines and the accelerate config files."""
 
 import shlex
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conspo.distributed import launch_command
+from conspo.distributed import configure_deepspeed, launch_command
 from conspo.objective import available_objectives
 from conspo.runconfig import ConfigError, check_world_size, checkpoint_steps, load_config, parse_config, total_steps
 
@@ -142,10 +143,34 @@ def test_cpu_command_and_bad_layouts():
 
 
 @pytest.mark.parametrize("name,kind,processes,machines", [
-    ("fsdp_8gpu", "FSDP", 8, 1), ("fsdp_4x8gpu", "FSDP", 32, 4), ("cpu_2proc", "MULTI_GPU", 2, 1)])
+    ("fsdp_8gpu", "FSDP", 8, 1), ("fsdp_4x8gpu", "FSDP", 32, 4), ("cpu_2proc", "MULTI_GPU", 2, 1),
+    ("deepspeed_zero2_8gpu", "DEEPSPEED", 8, 1), ("deepspeed_cpu_2proc", "DEEPSPEED", 2, 1)])
 def test_accelerate_configs_parse(name, kind, processes, machines):
     from accelerate.commands.config.config_args import load_config_from_file
 
     config = load_config_from_file(str(Path(__file__).parent.parent / "config" / "accelerate" / f"{name}.yaml"))
     assert config.distributed_type.value == kind
     assert (config.num_processes, config.num_machines) == (processes, machines)
+
+
+def deepspeed_plugin(stage):
+    return SimpleNamespace(deepspeed_config={"zero_optimization": {"stage": stage}, "gradient_clipping": "auto",
+                                             "train_micro_batch_size_per_gpu": "auto"})
+
+
+def test_deepspeed_config_is_filled_from_the_run_config(inputs):
+    plugin = deepspeed_plugin(2)
+    configure_deepspeed(plugin, parse_config(raw(inputs, train={"max_grad_norm": 0.5})), world=2)
+    ds = plugin.deepspeed_config
+    assert ds["train_micro_batch_size_per_gpu"] == 8 and ds["train_batch_size"] == 16
+    assert ds["gradient_accumulation_steps"] == 1
+    assert ds["gradient_clipping"] == 0.5
+
+
+@pytest.mark.parametrize("stage,sections,key", [
+    (2, {"dynamic_sampling": {"enabled": True}}, "dynamic_sampling.enabled"),
+    (3, {}, "rollout.engine"),
+])
+def test_what_deepspeed_cannot_run_is_refused_naming_the_key(inputs, stage, sections, key):
+    with pytest.raises(ConfigError, match=rf"^{key}:"):
+        configure_deepspeed(deepspeed_plugin(stage), parse_config(raw(inputs, **sections)), world=2)
