@@ -7,7 +7,8 @@ batch, transformers generation on CPU, the same verifier as the reward, and the 
 unbiased group std with eps 1e-4 in both). The runners take turns in every round (common.time_interleaved), each
 round a fresh short run; the first step of every run is warm-up and not counted. Step time is wall-clock from the
 start of generation to the end of the optimizer step. Peak memory: the maximum resident set size of a child
-process that runs one trainer alone (resource.getrusage).
+process that runs one trainer alone (resource.getrusage), and that peak above the child's size once every runner's
+libraries are imported (the training's own memory; the imports dominate the whole peak).
 
     python -m benchmarks trainer [--prompts 8] [--group-size 8] [--max-new-tokens 16] [--steps 4] [--rounds 3]
                                  [--records DIR]
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -106,23 +109,39 @@ def trl_grpo(model: Path, data: Path, out: Path, args) -> list[float]:
     return timer.times[1:]
 
 
-def peak_rss_mib(runner: str, args) -> float:
-    """Maximum resident set size of a fresh process that runs `runner` once."""
-    code = ("import sys, resource; from benchmarks.bench_trainer import run_one; run_one(sys.argv[1:]); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+def peak_rss_mib(runner: str, args) -> dict[str, float]:
+    """Peak resident set size of a fresh process that runs `runner` once, and that peak above the process's size
+    just before the run starts. Every runner's libraries (TRL, datasets, this trainer) are imported and the model
+    and data written before that baseline is read, so the difference is the training's own memory: model copies,
+    optimizer state, activations."""
+    code = "import sys; from benchmarks.bench_trainer import run_one; run_one(sys.argv[1:])"
     argv = [runner, str(args.prompts), str(args.group_size), str(args.max_new_tokens), str(args.steps)]
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True,
                           cwd=Path(__file__).resolve().parent.parent)
-    return int(done.stdout.strip().splitlines()[-1]) / 1024.0  # ru_maxrss is in KiB on Linux
+    baseline, peak = map(float, done.stdout.strip().splitlines()[-1].split())
+    return {"peak": peak, "above_baseline": peak - baseline}
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def run_one(argv: list[str]) -> None:
+    """Child process of `peak_rss_mib`: prints the RSS before the run and the peak RSS, in MiB."""
+    import datasets  # noqa: F401  (imported before the baseline, like every runner's libraries)
+    import trl  # noqa: F401
+
+    import conspo.train  # noqa: F401
+
     runner, prompts, group_size, max_new_tokens, steps = argv
     args = argparse.Namespace(prompts=int(prompts), group_size=int(group_size), max_new_tokens=int(max_new_tokens),
                               steps=int(steps))
     with tempfile.TemporaryDirectory() as tmp:
         model, data = prepare(Path(tmp), 64)
+        baseline = _rss_mib()
         RUNNERS[runner](model, data, Path(tmp) / "out", args)
+    print(baseline, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)  # ru_maxrss is in KiB on Linux
 
 
 RUNNERS = {
@@ -155,18 +174,21 @@ def main(argv: list[str]) -> int:
     median = {name: statistics.median(values) for name, values in times.items()}
     vs_trl = median["conspo_train_grpo"] / median["trl_grpo"]
     conspo_vs_grpo = median["conspo_train_conspo"] / median["conspo_train_grpo"]
-    rows = [[name, 1000 * median[name], 1000 * min(times[name]), len(times[name]), memory.get(name, float("nan"))]
-            for name in RUNNERS]
-    print_table(["trainer", "median ms/step", "min ms/step", "steps timed", "peak RSS MiB"], rows)
+    nan = {"peak": float("nan"), "above_baseline": float("nan")}
+    rows = [[name, 1000 * median[name], 1000 * min(times[name]), len(times[name]), memory.get(name, nan)["peak"],
+             memory.get(name, nan)["above_baseline"]] for name in RUNNERS]
+    print_table(["trainer", "median ms/step", "min ms/step", "steps timed", "peak RSS MiB", "training's own MiB"],
+                rows)
     print(f"conspo train (GRPO) / TRL GRPOTrainer: {vs_trl:.3f} (goal <= {GOAL_VS_TRL})")
     print(f"ConSPO / GRPO step time in conspo train: {conspo_vs_grpo:.3f} (goal <= {GOAL_CONSPO_VS_GRPO})")
     path = write_record("trainer", {
         "config": {"prompts_per_step": args.prompts, "group_size": args.group_size,
                    "max_new_tokens": args.max_new_tokens, "steps_per_run": args.steps, "rounds": args.rounds,
-                   "model": "tiny char-level Qwen2 (2 layers, hidden 128, head_dim 64)", "device": "cpu"},
+                   "model": "tiny char-level Qwen2 (build_tiny_model defaults: 3 layers, hidden 128, head_dim 64)",
+                   "device": "cpu"},
         "step_seconds": times,
         "median_ms_per_step": {name: 1000 * value for name, value in median.items()},
-        "peak_rss_mib": memory,
+        "peak_rss_mib": memory,  # per trainer: peak, and peak above the post-import baseline
         "ratio_vs_trl_grpo": vs_trl, "goal_vs_trl_grpo": GOAL_VS_TRL,
         "ratio_conspo_vs_grpo": conspo_vs_grpo, "goal_conspo_vs_grpo": GOAL_CONSPO_VS_GRPO,
         "load_average": list(__import__("os").getloadavg()),
