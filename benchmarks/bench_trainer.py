@@ -7,10 +7,10 @@ batch, transformers generation on CPU, the same verifier as the reward, and the 
 unbiased group std with eps 1e-4 in both). The runners take turns in every round (common.time_interleaved), each
 round a fresh short run; the first step of every run is warm-up and not counted. Step time is wall-clock from the
 start of generation to the end of the optimizer step. Peak memory: the maximum resident set size of a child
-process that runs one trainer alone (resource.getrusage), and that peak above the child's size once every runner's
-libraries are imported (the training's own memory; the imports dominate the whole peak).
+process that runs one trainer alone, and the peak during the run above the child's size once every runner's
+libraries are imported (the training's own memory; imports dominate the whole peak).
 
-    python -m benchmarks trainer [--prompts 8] [--group-size 8] [--max-new-tokens 16] [--steps 4] [--rounds 3]
+    python -m benchmarks trainer [--prompts 8] [--group-size 8] [--max-new-tokens 16] [--steps 6] [--rounds 5]
                                  [--records DIR]
 """
 
@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -110,25 +108,30 @@ def trl_grpo(model: Path, data: Path, out: Path, args) -> list[float]:
 
 
 def peak_rss_mib(runner: str, args) -> dict[str, float]:
-    """Peak resident set size of a fresh process that runs `runner` once, and that peak above the process's size
-    just before the run starts. Every runner's libraries (TRL, datasets, this trainer) are imported and the model
-    and data written before that baseline is read, so the difference is the training's own memory: model copies,
-    optimizer state, activations."""
+    """Peak resident set size of a fresh process that runs `runner` once, and the peak during the run itself above
+    the process's size when the run starts. Every runner's libraries (TRL, datasets, this trainer) are imported and
+    the model and data written first, and the kernel's high-water mark is reset then (/proc/self/clear_refs), so the
+    second number is the training's own memory: model copies, optimizer state, activations, generation caches."""
     code = "import sys; from benchmarks.bench_trainer import run_one; run_one(sys.argv[1:])"
     argv = [runner, str(args.prompts), str(args.group_size), str(args.max_new_tokens), str(args.steps)]
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True,
                           cwd=Path(__file__).resolve().parent.parent)
-    baseline, peak = map(float, done.stdout.strip().splitlines()[-1].split())
-    return {"peak": peak, "above_baseline": peak - baseline}
+    process_peak, baseline, run_peak = map(float, done.stdout.strip().splitlines()[-1].split())
+    return {"peak": process_peak, "above_baseline": run_peak - baseline}
 
 
-def _rss_mib() -> float:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _memory_mib(field: str) -> float:
+    """A memory line of /proc/self/status (VmRSS: now, VmHWM: high-water mark since the last reset), in MiB."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0  # kB
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def run_one(argv: list[str]) -> None:
-    """Child process of `peak_rss_mib`: prints the RSS before the run and the peak RSS, in MiB."""
+    """Child process of `peak_rss_mib`: prints the process's peak RSS, the RSS before the run and the peak RSS
+    during the run, in MiB."""
     import datasets  # noqa: F401  (imported before the baseline, like every runner's libraries)
     import trl  # noqa: F401
 
@@ -139,9 +142,13 @@ def run_one(argv: list[str]) -> None:
                               steps=int(steps))
     with tempfile.TemporaryDirectory() as tmp:
         model, data = prepare(Path(tmp), 64)
-        baseline = _rss_mib()
+        process_peak = _memory_mib("VmHWM")
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # reset the high-water mark to the current RSS
+        baseline = _memory_mib("VmRSS")
         RUNNERS[runner](model, data, Path(tmp) / "out", args)
-    print(baseline, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)  # ru_maxrss is in KiB on Linux
+        run_peak = _memory_mib("VmHWM")
+    print(max(process_peak, run_peak), baseline, run_peak)
 
 
 RUNNERS = {
@@ -156,8 +163,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=4, help="steps per run; the first is warm-up")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (one run of each per round)")
+    parser.add_argument("--steps", type=int, default=6, help="steps per run; the first is warm-up")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (one run of each per round)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory child processes")
     parser.add_argument("--records", type=Path, default=RECORDS)
     args = parser.parse_args(argv)
@@ -188,7 +195,7 @@ def main(argv: list[str]) -> int:
                    "device": "cpu"},
         "step_seconds": times,
         "median_ms_per_step": {name: 1000 * value for name, value in median.items()},
-        "peak_rss_mib": memory,  # per trainer: peak, and peak above the post-import baseline
+        "peak_rss_mib": memory,  # per trainer: process peak, and the run's peak above its starting RSS
         "ratio_vs_trl_grpo": vs_trl, "goal_vs_trl_grpo": GOAL_VS_TRL,
         "ratio_conspo_vs_grpo": conspo_vs_grpo, "goal_conspo_vs_grpo": GOAL_CONSPO_VS_GRPO,
         "load_average": list(__import__("os").getloadavg()),
