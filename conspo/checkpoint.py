@@ -60,6 +60,9 @@ def save_checkpoint(accelerator, model, tokenizer, out: Path, step: int, trainer
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp / "state"), safe_serialization=True)
     state_dict = accelerator.get_state_dict(model)  # the full state dict (a collective under FSDP/DeepSpeed)
+    # every rank writes its own RNG states at the end of save_state: all must be done before the folder is renamed
+    # (a rank still writing into step-N.tmp/ after the rename crashed a two-process DeepSpeed run)
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(tmp)

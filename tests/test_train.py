@@ -3,11 +3,13 @@
 - every registered method runs a short training run to completion, with loadable checkpoints;
 - two gloo processes (DDP, and DeepSpeed ZeRO-2, each from an accelerate config file) make the one-process first
   update;
-- a run killed with SIGKILL at a random step and resumed ends with the weights and metrics of an uninterrupted run;
+- a run killed with SIGKILL at a random step (one process; and two under DeepSpeed) and resumed ends with the
+  weights and metrics of an uninterrupted run;
 - GRPO and ConSPO raise the tiny benchmark accuracy over the warm-started base by more than 3 paired standard errors
   in 30 steps.
 """
 
+import functools
 import json
 import math
 import os
@@ -232,6 +234,49 @@ def test_kill_at_a_random_step_and_resume_gives_the_uninterrupted_run(tiny, tmp_
     assert not list((killed / "checkpoints").glob("*.tmp"))
 
 
+def test_a_deepspeed_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_run(tiny, tmp_path):
+    """Two ZeRO-2 processes killed with SIGKILL (the launcher and every worker) once step 2's checkpoint is complete;
+    the relaunch resumes from DeepSpeed's saved state and ends with the uninterrupted run's weights and metrics."""
+    import psutil  # a DeepSpeed dependency
+
+    steps = 6
+    raw = run_config(tiny, method="conspo", total_steps=steps, prompts_per_step=4, micro_batch_size=4,
+                     rollout={"group_size": 8})
+    config_path = tmp_path / "run.yaml"
+    config_path.write_text(yaml.safe_dump(raw))
+    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+                str(REPO / "config" / "accelerate" / LAYOUTS["DEEPSPEED"])]
+    ds_env = env() | {"DS_ACCELERATOR": "cpu"}
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(cli(config_path, killed, launcher), env=ds_env, cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 900
+    while time.time() < deadline and process.poll() is None and not (killed / "checkpoints" / "step-000002").is_dir():
+        time.sleep(0.05)
+    for part in [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]:
+        part.kill()  # torchrun's workers do not share the launcher's process group
+    process.wait()
+    assert not (killed / "done.json").exists(), "the kill landed after the run had finished"
+
+    resumed = subprocess.run(cli(config_path, killed, launcher), env=ds_env, cwd=REPO, capture_output=True,
+                             text=True, timeout=900)
+    # the first worker's traceback, not the launcher's summary, says why a multi-process run failed
+    assert resumed.returncode == 0, "\n".join(line for line in resumed.stderr.splitlines() if "rank" in line)[-6000:]
+    assert "resumed from" in (killed / "train.log").read_text()
+    straight = subprocess.run(cli(config_path, tmp_path / "straight", launcher), env=ds_env, cwd=REPO,
+                              capture_output=True, text=True, timeout=900)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    a, b = metrics(killed), metrics(tmp_path / "straight")
+    assert [r["step"] for r in a] == list(range(1, steps + 1))
+    assert any(r["grad_norm"] > 0 for r in a)  # the runs make updates
+    for ra, rb in zip(a, b, strict=True):
+        for key in TIMING_KEYS:
+            ra.pop(key), rb.pop(key)
+        assert json.dumps(ra, sort_keys=True) == json.dumps(rb, sort_keys=True)
+    wa, wb = final_weights(killed), final_weights(tmp_path / "straight")
+    assert all(torch.equal(wa[k], wb[k]) for k in wb)
+
+
 # ------------------------------------------------------------------------------------------------ learning
 
 
@@ -251,6 +296,18 @@ def per_problem_accuracy(model_path, problems, samples=8):
     return [sum(v.correct for v in verdicts[i * samples:(i + 1) * samples]) / samples for i in range(len(problems))]
 
 
+def held_out_problems():
+    """Every MATH500-stand-in problem that is not a training prompt of the `tiny` fixture (420 of 675)."""
+    seen = {r["problem"] for r in make_tasks("math500", 256, seed=1)}
+    return [p for p in make_tasks("math500", 675, seed=3) if p["problem"] not in seen]
+
+
+@functools.cache
+def base_accuracy(model_path: str) -> list[float]:
+    """The warm-started base's per-problem accuracy, measured once for both methods."""
+    return per_problem_accuracy(Path(model_path), held_out_problems())
+
+
 def learning_run(tiny, out, method, steps, lr):
     cfg = parse_config(run_config(tiny, method=method, total_steps=steps, prompts_per_step=16, micro_batch_size=32,
                                   lr=lr, checkpoint_every=steps, rollout={"group_size": 8, "max_new_tokens": 40,
@@ -264,9 +321,8 @@ def test_training_raises_accuracy_well_beyond_its_standard_error(tiny, tmp_path,
     """30 steps of 16 prompts x 8 rollouts raise the accuracy on every held-out problem of the training kind (the
     MATH500 stand-in), at the benchmarks' evaluation setting, by more than 3 standard errors of the paired
     difference (the same problems before and after)."""
-    seen = {r["problem"] for r in make_tasks("math500", 256, seed=1)}  # the training prompts
-    problems = [p for p in make_tasks("math500", 675, seed=3) if p["problem"] not in seen]  # the rest of the kind
-    before = per_problem_accuracy(tiny["model"], problems)
+    problems = held_out_problems()
+    before = base_accuracy(str(tiny["model"]))
     after = per_problem_accuracy(learning_run(tiny, tmp_path / method, method, steps=30, lr=LEARNING_LR), problems)
     gains = [b - a for a, b in zip(before, after)]
     gain, se = statistics.fmean(gains), statistics.stdev(gains) / math.sqrt(len(gains))
