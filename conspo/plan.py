@@ -20,6 +20,7 @@ import copy
 import re
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import yaml
 
@@ -148,6 +149,11 @@ class Plan:
                 if spec["prepare"]["dataset"] not in DATASETS:
                     raise PlanError(f"{section}.{name}.prepare.dataset: unknown dataset {spec['prepare']['dataset']!r};"
                                     f" known: {', '.join(DATASETS)}")
+        for model, spec in self.models.items():
+            accelerate_config = spec["resources"]["train"].get("accelerate_config")
+            if accelerate_config and not Path(accelerate_config).is_file():
+                raise PlanError(f"models.{model}.resources.train.accelerate_config: no file {accelerate_config!r} "
+                                "(paths are relative to the repository root)")
         for bench, spec in self.benchmarks.items():
             if spec["metric"].startswith("avg@") and int(spec["metric"][4:]) != spec["samples"]:
                 raise PlanError(f"benchmarks.{bench}.samples: {spec['metric']} needs {spec['metric'][4:]} samples "
@@ -440,9 +446,11 @@ class Plan:
         train = f"train --config {shlex.quote(config)} --out {shlex.quote(self.run_dir(run_name))}"
         if nodes == 1 and gpus <= 1:
             return f"conspo {train}"
+        accelerate = f"accelerate launch --config_file {shlex.quote(spec['accelerate_config'])}" \
+            if spec.get("accelerate_config") else "accelerate launch --multi_gpu"
         if nodes == 1:
-            return f"accelerate launch --multi_gpu --num_machines 1 --num_processes {gpus} --module conspo.cli {train}"
-        launch = (f"accelerate launch --multi_gpu --num_machines {nodes} --num_processes {nodes * gpus} "
+            return f"{accelerate} --num_machines 1 --num_processes {gpus} --module conspo.cli {train}"
+        launch = (f"{accelerate} --num_machines {nodes} --num_processes {nodes * gpus} "
                   '--machine_rank "$SLURM_NODEID" '
                   '--main_process_ip "$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)" '
                   f"--main_process_port 29500 --module conspo.cli {train}")

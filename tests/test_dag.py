@@ -110,7 +110,8 @@ def test_cluster_jobs_carry_gpu_and_node_resources(paper_dry_run):
     assert small["resources"]["gres"] == "gpu:8" and small["resources"]["nodes"] == "1"
     assert small["resources"]["slurm_partition"] == "gpu-h100" and small["resources"]["slurm_account"] == "conspo-lab"
     assert "gpu" not in small["resources"] and small["resources"]["tasks_per_gpu"] == "0"
-    assert small["shell"].startswith("accelerate launch --multi_gpu --num_machines 1 --num_processes 8")
+    assert small["shell"].startswith("accelerate launch --config_file config/accelerate/fsdp_8gpu.yaml "
+                                     "--num_machines 1 --num_processes 8")
     large = trains["deepseek-r1-distill-llama-8b--deepscaler-preview--conspo"]
     assert large["resources"]["nodes"] == "4" and large["resources"]["mpi"] == "srun"
     assert large["shell"].startswith("srun --nodes=4 --ntasks-per-node=1 bash -c 'accelerate launch")

@@ -128,10 +128,23 @@ def test_cluster_resources_per_model_size(paper):
     assert large["nodes"] == 4 and large["tasks"] == 4 and large["gres"] == "gpu:8" and large["mpi"] == "srun"
     assert paper.resources("evaluate", "DeepSeek-R1-Distill-Llama-8B", slurm)["gres"] == "gpu:1"
     one_node = paper.train_command(f"{R15}--conspo", "run.yaml", "")
-    assert one_node.startswith("accelerate launch --multi_gpu --num_machines 1 --num_processes 8 --module conspo.cli")
+    assert one_node.startswith("accelerate launch --config_file config/accelerate/fsdp_8gpu.yaml --num_machines 1 "
+                               "--num_processes 8 --module conspo.cli")
     multi = paper.train_command("deepseek-r1-distill-qwen-7b--deepscaler-preview--conspo", "run.yaml", "srun")
     assert multi.startswith("srun --nodes=4 --ntasks-per-node=1 bash -c ")
-    assert "--num_machines 4 --num_processes 32" in multi and "$SLURM_NODEID" in multi
+    assert "--config_file config/accelerate/fsdp_4x8gpu.yaml --num_machines 4 --num_processes 32" in multi
+    assert "$SLURM_NODEID" in multi
+
+
+def test_without_an_accelerate_config_gpu_training_is_ddp_and_a_missing_file_is_refused():
+    config = load_config("paper.yaml")
+    del config["models"]["DeepSeek-R1-Distill-Qwen-1.5B"]["resources"]["train"]["accelerate_config"]
+    command = make_plan(copy.deepcopy(config)).train_command(f"{R15}--conspo", "run.yaml", "")
+    assert command.startswith("accelerate launch --multi_gpu --num_machines 1 --num_processes 8")
+    config["models"]["DeepSeek-R1-Distill-Qwen-1.5B"]["resources"]["train"]["accelerate_config"] = "config/none.yaml"
+    with pytest.raises(PlanError, match=r"^models\.DeepSeek-R1-Distill-Qwen-1\.5B\.resources\.train\."
+                                        r"accelerate_config: no file"):
+        make_plan(config)
 
 
 def test_tiny_config_exercises_every_table_and_figure():
