@@ -230,6 +230,13 @@ def _check_finite(terms: Tensor, where: str) -> None:
 LogprobFn = Callable[[RolloutBatch], Tensor]
 
 
+def gradient_pass_suffices(objective: Objective, rows: int, micro_batch_size: int) -> bool:
+    """Whether `accumulate_gradients` needs no pass over a rank's `rows` rollouts besides the gradient pass: a
+    linear objective's coefficients need no terms, and a batch of one micro-batch keeps its graph while they are
+    computed. The trainer then takes on-policy old log-probs from that pass too."""
+    return objective.linear or rows <= micro_batch_size
+
+
 @torch.no_grad()
 def compute_terms(objective: Objective, batch: RolloutBatch, logprob_fn: LogprobFn, micro_batch_size: int) -> Tensor:
     """Sequence terms of every rollout of `batch` without gradients, micro-batch by micro-batch."""
@@ -265,7 +272,7 @@ def accumulate_gradients(
     info = _gather_info(batch.info, collective)
     graph = None  # (terms with their graph): the gradient pass already done, when the batch is one micro-batch
     if terms is None and not objective.linear:
-        if len(batch) <= micro_batch_size:
+        if gradient_pass_suffices(objective, len(batch), micro_batch_size):
             graph = objective.sequence_terms(batch, logprob_fn(batch))
             terms = graph.detach()
         else:

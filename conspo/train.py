@@ -41,7 +41,7 @@ from .data import format_prompt, read_jsonl
 from .distributed import collective_for, configure_deepspeed
 from .losses import degenerate_fraction
 from .models import load_policy
-from .objective import Objective, RolloutContext, accumulate_gradients, build_objective
+from .objective import Objective, RolloutContext, accumulate_gradients, build_objective, gradient_pass_suffices
 from .rollout import make_sampler, pad, prompt_token_ids, response_logits, token_entropy, token_logprobs, chunk_seed
 from .runconfig import (ConfigError, RunConfig, check_world_size, checkpoint_steps, config_to_dict, load_config,
                         total_steps)
@@ -337,7 +337,7 @@ def train(cfg: RunConfig, out: Path) -> dict:
                 correct=rollouts.correct.to(device), group_ids=rollouts.group_ids.to(device),
                 truncated=rollouts.truncated.to(device))
             entropy_sums = torch.zeros(2, device=device)  # sum of token entropies, number of tokens
-            old_from_gradient_pass = single_update and (objective.linear or len(batch) <= t.micro_batch_size)
+            old_from_gradient_pass = single_update and gradient_pass_suffices(objective, len(batch), t.micro_batch_size)
             if not old_from_gradient_pass:  # else the gradient pass fills in old log-probs and entropies
                 batch.old_logprobs, entropy = forward_logprobs(policy, batch, with_entropy=True)
                 entropy_sums += torch.stack([(entropy * batch.response_mask).sum(), batch.response_mask.sum()])

@@ -143,12 +143,30 @@ def cli(config_path, out, launcher=()):
 
 
 def env():
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # DS_ACCELERATOR: DeepSpeed's CPU accelerator, for the runs launched under DeepSpeed (ignored by the others)
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
 
 
 # Two-process layouts, each chosen by an accelerate config file only (the trainer's code is the same).
 # `accelerate launch --cpu` starts one process without mpirun; these use the torchrun-based launcher.
 LAYOUTS = {"MULTI_CPU": "cpu_2proc.yaml", "DEEPSPEED": "deepspeed_cpu_2proc.yaml"}  # DDP over gloo; ZeRO-2
+
+
+def accelerate_launcher(layout):
+    return [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+            str(REPO / "config" / "accelerate" / LAYOUTS[layout])]
+
+
+def assert_same_run(resumed, straight, steps):
+    """The resumed run's metrics (timings aside) and final weights equal the uninterrupted run's."""
+    a, b = metrics(resumed), metrics(straight)
+    assert [r["step"] for r in a] == list(range(1, steps + 1))
+    for ra, rb in zip(a, b, strict=True):
+        for key in TIMING_KEYS:
+            ra.pop(key), rb.pop(key)
+        assert json.dumps(ra, sort_keys=True) == json.dumps(rb, sort_keys=True)
+    wa, wb = final_weights(resumed), final_weights(straight)
+    assert all(torch.equal(wa[k], wb[k]) for k in wb)
 
 
 @pytest.mark.parametrize("method", ["conspo", "grpo"])
@@ -171,11 +189,9 @@ def test_two_gloo_processes_make_the_one_process_first_update(tiny, tmp_path, me
     w1 = final_weights(tmp_path / "one")
     moved = max(float((w1[k] - base[k]).abs().max()) for k in base)
     assert moved > 1e-4
-    for layout, accelerate_config in LAYOUTS.items():
+    for layout in LAYOUTS:
         out = tmp_path / layout
-        accelerate = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
-                      str(REPO / "config" / "accelerate" / accelerate_config)]
-        two = subprocess.run(cli(config_path, out, accelerate), env=env() | {"DS_ACCELERATOR": "cpu"}, cwd=REPO,
+        two = subprocess.run(cli(config_path, out, accelerate_launcher(layout)), env=env(), cwd=REPO,
                              capture_output=True, text=True, timeout=900)
         assert two.returncode == 0, two.stderr[-3000:]
         assert f"2 process(es), {layout}" in (out / "train.log").read_text()
@@ -223,14 +239,7 @@ def test_kill_at_a_random_step_and_resume_gives_the_uninterrupted_run(tiny, tmp_
                               capture_output=True, text=True, timeout=600)
     assert straight.returncode == 0, straight.stderr[-3000:]
 
-    a, b = metrics(killed), metrics(tmp_path / "straight")
-    assert [r["step"] for r in a] == list(range(1, steps + 1))
-    for ra, rb in zip(a, b):
-        for key in TIMING_KEYS:
-            ra.pop(key), rb.pop(key)
-        assert json.dumps(ra, sort_keys=True) == json.dumps(rb, sort_keys=True)
-    wa, wb = final_weights(killed), final_weights(tmp_path / "straight")
-    assert all(torch.equal(wa[k], wb[k]) for k in wb)
+    assert_same_run(killed, tmp_path / "straight", steps)
     assert not list((killed / "checkpoints").glob("*.tmp"))
 
 
@@ -244,11 +253,9 @@ def test_a_deepspeed_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_
                      rollout={"group_size": 8})
     config_path = tmp_path / "run.yaml"
     config_path.write_text(yaml.safe_dump(raw))
-    launcher = [str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
-                str(REPO / "config" / "accelerate" / LAYOUTS["DEEPSPEED"])]
-    ds_env = env() | {"DS_ACCELERATOR": "cpu"}
+    launcher = accelerate_launcher("DEEPSPEED")
     killed = tmp_path / "killed"
-    process = subprocess.Popen(cli(config_path, killed, launcher), env=ds_env, cwd=REPO,
+    process = subprocess.Popen(cli(config_path, killed, launcher), env=env(), cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 900
     while time.time() < deadline and process.poll() is None and not (killed / "checkpoints" / "step-000002").is_dir():
@@ -258,23 +265,16 @@ def test_a_deepspeed_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_
     process.wait()
     assert not (killed / "done.json").exists(), "the kill landed after the run had finished"
 
-    resumed = subprocess.run(cli(config_path, killed, launcher), env=ds_env, cwd=REPO, capture_output=True,
+    resumed = subprocess.run(cli(config_path, killed, launcher), env=env(), cwd=REPO, capture_output=True,
                              text=True, timeout=900)
     # the first worker's traceback, not the launcher's summary, says why a multi-process run failed
     assert resumed.returncode == 0, "\n".join(line for line in resumed.stderr.splitlines() if "rank" in line)[-6000:]
     assert "resumed from" in (killed / "train.log").read_text()
-    straight = subprocess.run(cli(config_path, tmp_path / "straight", launcher), env=ds_env, cwd=REPO,
+    straight = subprocess.run(cli(config_path, tmp_path / "straight", launcher), env=env(), cwd=REPO,
                               capture_output=True, text=True, timeout=900)
     assert straight.returncode == 0, straight.stderr[-3000:]
-    a, b = metrics(killed), metrics(tmp_path / "straight")
-    assert [r["step"] for r in a] == list(range(1, steps + 1))
-    assert any(r["grad_norm"] > 0 for r in a)  # the runs make updates
-    for ra, rb in zip(a, b, strict=True):
-        for key in TIMING_KEYS:
-            ra.pop(key), rb.pop(key)
-        assert json.dumps(ra, sort_keys=True) == json.dumps(rb, sort_keys=True)
-    wa, wb = final_weights(killed), final_weights(tmp_path / "straight")
-    assert all(torch.equal(wa[k], wb[k]) for k in wb)
+    assert any(r["grad_norm"] > 0 for r in metrics(killed))  # the runs make updates
+    assert_same_run(killed, tmp_path / "straight", steps)
 
 
 # ------------------------------------------------------------------------------------------------ learning
