@@ -1,5 +1,5 @@
 """The run config of one RL training run (docs/design.md, "Run config"): parsed into dataclasses with defaults
-filled, validated before any compute. Every error names the offending key (dotted path, e.g. `train.micro_batch_size`).
+filled, validated before any compute. Every error names the offending key (dotted path, e.g. `train.lr`).
 
     cfg = load_config("run.yaml")            # or parse_config(dict)
     steps = checkpoint_steps(cfg, n_prompts)  # the steps whose checkpoints the run writes
@@ -73,7 +73,10 @@ class TrainConfig:
     rollouts_per_step: int | None = None  # optional, the same batch in rollouts (must be prompts_per_step * G)
     mini_batches_per_step: int = 1  # >1: PPO-style several optimizer steps per rollout batch
     ppo_epochs: int = 1  # passes over the rollout batch per step
-    micro_batch_size: int = 8  # rollouts per forward/backward
+    # positions (rows x their longest prompt + response) per forward/backward, like verl's ppo_max_token_len_per_gpu;
+    # at least rollout.max_prompt_tokens + rollout.max_new_tokens, so that any row fits
+    max_tokens_per_micro_batch: int = 16384
+    logit_chunk_tokens: int = 512  # response tokens per chunk through the output head (chunk x vocabulary logits)
     epochs: int = 4  # passes over the training prompts
     total_steps: int | None = None  # optional cap; None = epochs * ceil(n_prompts / prompts_per_step)
     lr: float = 2.0e-6
@@ -84,7 +87,7 @@ class TrainConfig:
     adam_eps: float = 1.0e-8
     max_grad_norm: float = 1.0
     checkpoint_every: int = 100  # checkpoint (and evaluation) cadence in steps; the last step is always saved
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute each decoder layer in backward (FSDP: the accelerate config's)
 
 
 @dataclass
@@ -131,9 +134,12 @@ CHOICES = {
     "rollout.vllm.mode": ("colocate", "server"),
     "train.lr_schedule": ("constant", "linear", "cosine"),
 }
+RETIRED = {"train": {"micro_batch_size": "micro-batches are sized in tokens by train.max_tokens_per_micro_batch "
+                                         "(docs/training.md, Memory)"}}
 POSITIVE = {"rollout.group_size", "rollout.max_new_tokens", "rollout.max_prompt_tokens",
             "rollout.prompts_per_generation", "rollout.vllm.tensor_parallel_size", "train.prompts_per_step",
-            "train.rollouts_per_step", "train.mini_batches_per_step", "train.ppo_epochs", "train.micro_batch_size",
+            "train.rollouts_per_step", "train.mini_batches_per_step", "train.ppo_epochs",
+            "train.max_tokens_per_micro_batch", "train.logit_chunk_tokens",
             "train.epochs", "train.total_steps", "train.checkpoint_every", "train.lr", "data.limit",
             "verifier.timeout", "verifier.workers", "dynamic_sampling.max_rounds", "overlong_shaping.buffer"}
 NON_NEGATIVE = {"rollout.temperature", "train.warmup_steps", "train.weight_decay", "train.adam_eps",
@@ -190,6 +196,8 @@ def _section(cls, raw, prefix: str):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    for name in set(raw) & set(RETIRED.get(prefix, {})):
+        raise ConfigError(f"{prefix}.{name}: retired; {RETIRED[prefix][name]}")
     unknown = sorted(set(raw) - names)
     if unknown:
         where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
@@ -245,10 +253,10 @@ def _check_batch_sizes(cfg: RunConfig) -> None:
     if t.prompts_per_step % t.mini_batches_per_step:
         raise ConfigError(f"train.mini_batches_per_step: {t.mini_batches_per_step} does not divide "
                           f"train.prompts_per_step={t.prompts_per_step}: mini-batches must hold whole groups")
-    per_mini = t.prompts_per_step // t.mini_batches_per_step * g
-    if per_mini % t.micro_batch_size:
-        raise ConfigError(f"train.micro_batch_size: {t.micro_batch_size} does not divide the {per_mini} rollouts of a "
-                          f"mini-batch (prompts_per_step / mini_batches_per_step * group_size)")
+    longest = cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens
+    if t.max_tokens_per_micro_batch < longest:
+        raise ConfigError(f"train.max_tokens_per_micro_batch: {t.max_tokens_per_micro_batch} is less than the "
+                          f"longest row, rollout.max_prompt_tokens + rollout.max_new_tokens = {longest}")
     p = cfg.rollout.prompts_per_generation
     if p is not None and t.prompts_per_step % p:
         raise ConfigError(f"rollout.prompts_per_generation: {p} does not divide train.prompts_per_step="
@@ -259,16 +267,12 @@ def _check_batch_sizes(cfg: RunConfig) -> None:
 
 
 def check_world_size(cfg: RunConfig, world_size: int) -> None:
-    """Checks that need the number of data-parallel ranks: every rank gets whole groups, whole micro-batches."""
-    t, g = cfg.train, cfg.rollout.group_size
+    """Checks that need the number of data-parallel ranks: every rank gets whole groups."""
+    t = cfg.train
     shards = world_size * t.mini_batches_per_step
     if t.prompts_per_step % shards:
         raise ConfigError(f"train.prompts_per_step: {t.prompts_per_step} prompts cannot be split into whole groups "
                           f"over {world_size} ranks x {t.mini_batches_per_step} mini-batches")
-    per_rank = t.prompts_per_step // shards * g
-    if per_rank % t.micro_batch_size:
-        raise ConfigError(f"train.micro_batch_size: {t.micro_batch_size} does not divide the {per_rank} rollouts a "
-                          f"rank holds per mini-batch with {world_size} ranks")
     p = cfg.rollout.prompts_per_generation
     if p is not None and (t.prompts_per_step // world_size) % p:
         raise ConfigError(f"rollout.prompts_per_generation: {p} does not divide the "
