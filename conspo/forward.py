@@ -89,8 +89,9 @@ def computed_positions(lengths: list[int], groups: list[list[int]]) -> int:
 
 
 def _chunk_logits(hidden: Tensor, weight: Tensor, temperature: float) -> Tensor:
-    """float32 logits of one chunk, divided by the sampling temperature (as the policy samples)."""
-    logits = torch.mm(hidden, weight.t()).float()
+    """Logits of one chunk in float32 (float64 for a float64 head), divided by the sampling temperature (as the
+    policy samples). The product runs in the head's dtype, as the model's own head would."""
+    logits = torch.mm(hidden, weight.t()).to(torch.promote_types(weight.dtype, torch.float32))
     if temperature > 0 and temperature != 1.0:
         logits.div_(temperature)
     return logits
@@ -102,20 +103,20 @@ class _ChunkedLogprobs(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float, chunk: int):
+        wide = torch.promote_types(weight.dtype, torch.float32)
         n = hidden.shape[0]
-        logprobs = torch.empty(n, dtype=torch.float32, device=hidden.device)
-        entropy = torch.empty_like(logprobs)
-        lse = torch.empty_like(logprobs)
+        logprobs = torch.empty(n, dtype=wide, device=hidden.device)
+        entropy, lse = torch.empty_like(logprobs), torch.empty_like(logprobs)
         with torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, n, chunk):
                 z = _chunk_logits(hidden[s:s + chunk], weight, temperature)
                 top = z.amax(-1, keepdim=True)
-                p = torch.exp(z - top)
+                p = (z - top).exp_()  # unnormalised softmax
                 total = p.sum(-1)
                 lse[s:s + chunk] = top.squeeze(-1) + total.log()
                 logprobs[s:s + chunk] = z.gather(-1, targets[s:s + chunk, None]).squeeze(-1) - lse[s:s + chunk]
-                # H = lse - E_p[z]
-                entropy[s:s + chunk] = lse[s:s + chunk] - torch.linalg.vecdot(p, z) / total
+                entropy[s:s + chunk] = lse[s:s + chunk] - torch.linalg.vecdot(p, z) / total  # H = lse - E_p[z]
+                del z, p
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.temperature, ctx.chunk = temperature, chunk
         ctx.mark_non_differentiable(entropy)
@@ -126,21 +127,24 @@ class _ChunkedLogprobs(torch.autograd.Function):
         hidden, weight, targets, lse = ctx.saved_tensors
         temperature, chunk = ctx.temperature, ctx.chunk
         scale = 1.0 / temperature if temperature > 0 else 1.0
+        wide = lse.dtype
         grad_hidden = torch.empty_like(hidden) if ctx.needs_input_grad[0] else None
-        # the weight's gradient is summed over chunks in float32 (in the weight's dtype when that is wider)
-        wide = weight.dtype if weight.dtype in (torch.float32, torch.float64) else torch.float32
+        # the weight's gradient is summed over chunks in float32 (float64 for a float64 head)
         grad_weight = torch.zeros(weight.shape, dtype=wide, device=weight.device) if ctx.needs_input_grad[1] else None
         with torch.autocast(hidden.device.type, enabled=False):
             for s in range(0, hidden.shape[0], chunk):
-                h, g = hidden[s:s + chunk], grad_logprobs[s:s + chunk].float() * scale
+                h, g = hidden[s:s + chunk], grad_logprobs[s:s + chunk].to(wide) * scale
                 # d logp_y / dz = onehot(y) - softmax(z): built in place in the recomputed logits
                 dz = _chunk_logits(h, weight, temperature).sub_(lse[s:s + chunk, None]).exp_().mul_(-g[:, None])
-                dz.scatter_add_(-1, targets[s:s + chunk, None], g[:, None])
-                dz = dz.to(weight.dtype)
+                dz = dz.scatter_add_(-1, targets[s:s + chunk, None], g[:, None]).to(weight.dtype)
                 if grad_hidden is not None:
                     grad_hidden[s:s + chunk] = torch.mm(dz, weight)
                 if grad_weight is not None:
-                    grad_weight += torch.mm(dz.t(), h).to(wide)
+                    if dz.dtype == wide:
+                        grad_weight.addmm_(dz.t(), h)
+                    else:
+                        grad_weight += torch.mm(dz.t(), h)
+                del dz
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None, None
@@ -148,9 +152,9 @@ class _ChunkedLogprobs(torch.autograd.Function):
 
 def chunked_logprobs(hidden: Tensor, weight: Tensor, targets: Tensor, temperature: float = 1.0,
                      chunk: int = 512) -> tuple[Tensor, Tensor]:
-    """Per-token log-probs [n] (differentiable in `hidden` and `weight`) and entropies [n] (no gradient), float32, of
-    the output head `weight` [V, H] applied to final hidden states `hidden` [n, H] at the sampling `temperature`
-    (0 or 1: none), never holding more than `chunk` x V logits."""
+    """Per-token log-probs [n] (differentiable in `hidden` and `weight`) and entropies [n] (no gradient), float32
+    (float64 for a float64 head), of the output head `weight` [V, H] applied to final hidden states `hidden` [n, H]
+    at the sampling `temperature` (0 or 1: none), never holding more than `chunk` x V logits."""
     if chunk <= 0:
         raise ValueError(f"chunk must be positive, got {chunk}")
     return _ChunkedLogprobs.apply(hidden.to(weight.dtype), weight, targets, float(temperature), int(chunk))
@@ -310,8 +314,11 @@ class PolicyForward:
         return _unpack(call.logprobs, mb.response_mask), _unpack(call.entropy, mb.response_mask)
 
     def token_logprobs(self, batch: RolloutBatch, entropy: bool = False) -> tuple[Tensor, Tensor | None]:
-        """No-grad response log-probs (and entropies) of every row, [N, T], micro-batch by micro-batch."""
-        logprobs = torch.zeros(batch.response_ids.shape, dtype=torch.float32, device=batch.response_ids.device)
+        """No-grad response log-probs (and entropies) of every row, [N, T], micro-batch by micro-batch; float32
+        (float64 for a float64 head)."""
+        logprobs = torch.zeros(batch.response_ids.shape, dtype=torch.promote_types(self.head.weight.dtype,
+                                                                                   torch.float32),
+                               device=batch.response_ids.device)
         entropies = torch.zeros_like(logprobs) if entropy else None
         with torch.no_grad():
             for rows, mb in self.split(batch):
