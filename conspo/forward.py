@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from .batch import RolloutBatch
 
 CLIP_LOW, CLIP_HIGH = 0.8, 1.2  # the token-ratio band the clip fractions report
+VOCAB_BLOCK = 8192  # vocabulary rows per product when a narrow (bf16) head's weight gradient is summed in float32
 
 
 # --------------------------------------------------------------------------------------------- partition
@@ -115,7 +116,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
                 total = p.sum(-1)
                 lse[s:s + chunk] = top.squeeze(-1) + total.log()
                 logprobs[s:s + chunk] = z.gather(-1, targets[s:s + chunk, None]).squeeze(-1) - lse[s:s + chunk]
-                entropy[s:s + chunk] = lse[s:s + chunk] - torch.linalg.vecdot(p, z) / total  # H = lse - E_p[z]
+                entropy[s:s + chunk] = lse[s:s + chunk] - torch.einsum("ij,ij->i", p, z) / total  # H = lse - E_p[z]
                 del z, p
         ctx.save_for_backward(hidden, weight, targets, lse)
         ctx.temperature, ctx.chunk = temperature, chunk
@@ -139,11 +140,11 @@ class _ChunkedLogprobs(torch.autograd.Function):
                 dz = dz.scatter_add_(-1, targets[s:s + chunk, None], g[:, None]).to(weight.dtype)
                 if grad_hidden is not None:
                     grad_hidden[s:s + chunk] = torch.mm(dz, weight)
-                if grad_weight is not None:
-                    if dz.dtype == wide:
-                        grad_weight.addmm_(dz.t(), h)
-                    else:
-                        grad_weight += torch.mm(dz.t(), h)
+                if grad_weight is not None and dz.dtype == wide:
+                    grad_weight.addmm_(dz.t(), h)
+                elif grad_weight is not None:  # a narrow product, summed in float32 a vocabulary block at a time
+                    for v in range(0, weight.shape[0], VOCAB_BLOCK):
+                        grad_weight[v:v + VOCAB_BLOCK] += torch.mm(dz[:, v:v + VOCAB_BLOCK].t(), h)
                 del dz
         if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
