@@ -1,5 +1,7 @@
-"""Peak memory and time of the policy's log-prob + entropy + backward stage at the real vocabulary, full logits vs
-conspo.forward; computed positions per real token of the micro-batching; the planner's terms against measurement.
+"""Training memory at the real vocabulary: full logits vs conspo.forward, padding, the planner against measurement.
+
+Peak memory and time of the policy's log-prob + entropy + backward stage, full logits vs conspo.forward; computed
+positions per real token of the micro-batching; the memory planner's terms against measured peaks.
 
 Stage measured: one micro-batch of `rows x tokens` response tokens after a short prompt, through a Qwen2 with
 Qwen's vocabulary (151,936) and a small body: per-token log-probs with gradient, entropies without, and the backward
@@ -236,6 +238,25 @@ def planner_estimate(body: dict, tokens: int, checkpointing: bool, chunk: int, a
     return {name: value / 2**20 for name, value in moments.items()}
 
 
+def per_token_slopes(planner: list[dict]) -> list[dict]:
+    """Per phase, the bytes per token between the smallest and the largest measured micro-batch, measured and
+    estimated (phases whose measured slope is under 1 kB per token hold no per-token term worth comparing)."""
+    out = []
+    for checkpointing in (False, True):
+        points = sorted((r for r in planner if r["checkpointing"] == checkpointing), key=lambda r: r["rows"])
+        if len(points) < 2:
+            continue
+        low, high = points[0], points[-1]
+        tokens = (high["rows"] - low["rows"]) * (high["tokens"] + PROMPT)
+        for phase in low["ratio"]:
+            measured = (high["phases_mib"][phase] - low["phases_mib"][phase]) * 2**20 / tokens
+            estimated = (high["estimate_mib"][phase] - low["estimate_mib"][phase]) * 2**20 / tokens
+            if measured >= 1000:
+                out.append({"checkpointing": checkpointing, "phase": phase, "measured": measured,
+                            "estimated": estimated, "ratio": estimated / measured})
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ main
 
 
@@ -298,7 +319,11 @@ def main(argv: list[str]) -> int:
                       r["ratio"][p]] for r in planner for p in r["ratio"]])
         worst = max(abs(ratio - 1) for r in planner for ratio in r["ratio"].values())
         print(f"planner: largest deviation from measurement {worst:.1%} (goal <= {GOAL_PLANNER:.0%})")
+        slopes = per_token_slopes(planner)
+        print_table(["checkpointing", "phase", "measured B/token", "estimated B/token", "estimate / measured"],
+                    [[r["checkpointing"], r["phase"], r["measured"], r["estimated"], r["ratio"]] for r in slopes])
 
+    slopes = per_token_slopes(planner)
     path = write_record("memory", {
         "setup": {"vocabulary": VOCAB, "vocab_body": VOCAB_BODY, "planner_body": PLANNER_BODY, "prompt": PROMPT,
                   "chunk": args.chunk, "threads": args.threads, "device": "cpu",
@@ -311,7 +336,7 @@ def main(argv: list[str]) -> int:
         "time": {"tokens": args.time_tokens, "seconds": times, "ratio_new_over_full": time_ratio},
         "goal_time_ratio": GOAL_TIME,
         "positions_per_real_token": padding, "goal_positions_per_token": GOAL_POSITIONS,
-        "planner": planner, "goal_planner_deviation": GOAL_PLANNER,
+        "planner": planner, "planner_per_token": slopes, "goal_planner_deviation": GOAL_PLANNER,
         "load_average": list(os.getloadavg()),
     }, args.records)
     print(f"record: {path}")

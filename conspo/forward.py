@@ -1,11 +1,13 @@
 """The policy's forward passes over rollout rows: one home for every pass the trainer, `RolloutContext` (the
 objectives' `prepare` hooks) and the benchmarks make through a policy (docs/training.md, "Memory").
 
-    forward = PolicyForward(model, temperature=1.0, max_tokens=36864, chunk_tokens=512)
+    forward = PolicyForward(model, output_head(policy), temperature=1.0, max_tokens=36864, chunk_tokens=512)
     old, entropy = forward.token_logprobs(batch, entropy=True)     # no grad, [N, T] each
     passes = forward.gradient_passes(old_from_pass=False)           # what accumulate_gradients runs
     accumulate_gradients(objective, batch, passes, progress=...)
     passes.stats.metrics(reduce)                                    # entropy, clip fractions
+
+Any RolloutBatch goes: a subset of a step's rows (`batch.select(rows)`) as well as the whole.
 
 Three things keep a pass's memory independent of the vocabulary and of the longest row of the step:
 - micro-batches by a token budget (`token_budget_partition`): rows sorted by length, each micro-batch padded only
@@ -295,14 +297,14 @@ class PolicyForward:
     def run(self, mb: RolloutBatch, keep_hidden: bool = False) -> _HeadCall:
         """One model call on a micro-batch: log-probs [n_tokens] (with grad when enabled) as the model's output,
         entropies (and final hidden states) of the response tokens in the returned record. An empty micro-batch runs
-        one padding token, so every rank makes the same collective calls, and returns nothing."""
+        a row of padding, so every rank makes the same collective calls, and returns nothing."""
         if len(mb):
             ids, positions, index, targets = packed_rows(mb, self.pad_id)
-        else:
+        else:  # two padding tokens, the first predicting the second
             device = mb.response_ids.device
-            ids = torch.full((1, 1), self.pad_id, dtype=torch.long, device=device)
-            positions = torch.zeros_like(ids)
-            index, targets = torch.zeros(1, dtype=torch.long, device=device), ids[0]
+            ids = torch.full((1, 2), self.pad_id, dtype=torch.long, device=device)
+            positions = torch.arange(2, device=device)[None]
+            index, targets = torch.zeros(1, dtype=torch.long, device=device), ids[0, 1:]
         call = _HeadCall(index, targets, self.temperature, self.chunk_tokens, keep_hidden)
         with _head_computes(self.head, call):
             out = self.model(input_ids=ids, position_ids=positions, use_cache=False)

@@ -257,9 +257,9 @@ class RowChunks:
     rows: int | None = None
 
     def split(self, batch: RolloutBatch) -> list[tuple[Tensor, RolloutBatch]]:
+        if self.rows is not None and self.rows <= 0:
+            raise ValueError(f"rows must be positive, got {self.rows}")
         size = self.rows or max(len(batch), 1)
-        if size <= 0:
-            raise ValueError(f"rows must be positive, got {size}")
         index = torch.arange(len(batch), device=batch.rewards.device)
         return [(idx, batch.select(idx)) for idx in torch.split(index, size)]
 

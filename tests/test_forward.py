@@ -145,6 +145,9 @@ def test_an_empty_micro_batch_runs_the_model_and_back_propagates_nothing():
     assert lp.shape[0] == 0 and calls == [1] and lp.requires_grad
     lp.sum().backward()
     assert all(float(p.grad.abs().max()) == 0.0 for p in model.parameters() if p.grad is not None)
+    forward.agree = lambda k: k + 1  # CLIPO's pooled hidden states over a split with an empty micro-batch
+    torch.testing.assert_close(forward.pooled_hidden(batch), PolicyForward(model, output_head(model)).pooled_hidden(
+        batch))
 
 
 def test_the_head_must_be_a_bias_free_linear():

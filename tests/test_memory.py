@@ -101,8 +101,10 @@ def test_hub_shapes_are_the_paper_models():
 def test_conspo_memory_prints_the_table(monkeypatch, capsys):
     monkeypatch.chdir(ROOT)  # paths in the workflow config are relative to the repository root
     assert cli_main(["memory", "--config", "config/paper.yaml"]) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "--" in line]
+    printed = capsys.readouterr().out.strip()
+    rows = [line for line in printed.splitlines() if line.startswith("| ") and "--" in line]
     assert len(rows) == 50 and all(line.rstrip().endswith("% |") for line in rows)
+    assert printed in (ROOT / "docs" / "training.md").read_text()  # the docs show the planner's current table
 
 
 def test_the_planner_terms_match_a_measured_peak_at_the_real_vocabulary():
