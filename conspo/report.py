@@ -66,7 +66,7 @@ def inspect_report(report: str, screenshot: str, open_entries: tuple[str, ...] =
 
 def _open_entry(driver, name: str) -> dict:
     """Decode one embedded result the way the report displays it and describe its content: every entry its caption
-    (as text); HTML its number of tables and its text; an image the size Chromium decodes it to."""
+    (as text); HTML its number of tables, its text and its hover texts; an image the size Chromium decodes it to."""
     driver.set_script_timeout(30)
     return driver.execute_async_script(
         """
@@ -82,7 +82,8 @@ def _open_entry(driver, name: str) -> dict:
             const doc = new DOMParser().parseFromString(new TextDecoder().decode(
                 Uint8Array.from(html, c => c.charCodeAt(0))), 'text/html');
             done(Object.assign(described, {tables: doc.querySelectorAll('table').length,
-                                           text: doc.body.innerText || doc.body.textContent}));
+                                           text: doc.body.innerText || doc.body.textContent,
+                                           hover: Array.from(doc.querySelectorAll('[title]'), e => e.title)}));
         } else if (result.mime_type.startsWith('image/')) {
             const image = new Image();
             image.onload = () => done(Object.assign(described, {width: image.naturalWidth, height: image.naturalHeight}));
