@@ -4,7 +4,9 @@
     conspo figures figure2 --spec specs/figure2.json --out figures/figure2.png
     conspo figures curves --metrics runs/RUN/metrics.jsonl --title RUN --out figures/curves/RUN.png
 
-(`conspo tables render` draws each table's verdict plot with `draw_verdicts`.) Figure 1, left: the per-rollout gradient coefficients dJ/ds_i of one group against the score gap between its
+`conspo tables render` draws each table's verdict plot with `draw_verdicts`.
+
+Figure 1, left: the per-rollout gradient coefficients dJ/ds_i of one group against the score gap between its
 positive and negative rollouts. ConSPO's come from autograd through the shared core (`conspo_group_objective`,
 Eq. 15); GRPO's are A_i / G from its group advantages (`group_advantages`; Proposition 1: the clipped surrogate is
 sqrt(p(1-p)) (mean_pos s+ - mean_neg s-), whose coefficients are A_i / G). Right: the training reward of the two runs
@@ -207,7 +209,8 @@ def draw_verdicts(spec: dict, rows: list[dict], columns: list[tuple[str, str]]):
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8, frameon=False)
     note = "" if all(row["seeds_measured"] for row in rows) else "\none seed per run: run-to-run variance not measured"
     fig.suptitle(f"{spec['title']}\n{spec['reference']} − method at the best checkpoints: {first['level']:.0%} "
-                 f"intervals, Bonferroni over the {first['comparisons']} comparisons of each column{note}", fontsize=9)
+                 f"intervals, Bonferroni over the {first['comparisons']} comparison(s) of each column{note}",
+                 fontsize=9)
     height = fig.get_figheight()
     fig.subplots_adjust(left=0.1, right=0.99, wspace=0.15, bottom=0.9 / height, top=1 - 0.9 / height)
     data = {"reference": spec["reference"], "level": first["level"], "comparisons": first["comparisons"],

@@ -239,7 +239,9 @@ class Plan:
         key = canonical([model, dataset, objective_class, params, trainer, seed])
         name = self._run_by_key.get(key)
         if name is None:
-            name = f"{slug(model)}--{slug(dataset)}--{variant}" + ("" if seed == self.config["seed"] else f"--seed{seed}")
+            name = f"{slug(model)}--{slug(dataset)}--{variant}"
+            if seed != self.config["seed"]:
+                name += f"--seed{seed}"
             if name in self.runs:
                 raise PlanError(f"methods: two different runs would both be named {name!r}")
             self.runs[name] = Run(name, model, dataset, spec["objective"], params, trainer, seed)
@@ -266,10 +268,14 @@ class Plan:
                     cells.append({"model": model, "dataset": dataset, "method": method, "runs": runs})
             self._cells[table] = cells
 
+    def figure_benchmarks(self, figure: str) -> list[str]:
+        """A figure's benchmarks: its own list, or every benchmark but the validation benchmark of selection."""
+        return self.figures[figure].get("benchmarks") or [b for b in self.benchmarks if b != self.validation]
+
     def _plan_figures(self) -> None:
         for figure, spec in self.figures.items():
             model, dataset = spec["model"], spec["dataset"]
-            benchmarks = spec.get("benchmarks") or list(self.benchmarks)
+            benchmarks = self.figure_benchmarks(figure)
             seeds = spec.get("seeds") or self.seeds
             points = []
             for method in spec.get("methods", []):
@@ -432,7 +438,7 @@ class Plan:
                        metrics_logs=[f"{self.run_dir(run)}/metrics.jsonl" for run in p["runs"]])
                   for p in self._sweeps[figure]]
         out = {"figure": figure, "title": spec.get("title", figure), "model": spec["model"],
-               "dataset": spec["dataset"], "benchmarks": spec.get("benchmarks") or list(self.benchmarks),
+               "dataset": spec["dataset"], "benchmarks": self.figure_benchmarks(figure),
                "points": points}
         if spec.get("methods"):
             out["tau"] = self.runs[points[-1]["runs"][0]].params.get("tau", 10.0)

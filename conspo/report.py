@@ -86,7 +86,8 @@ def _open_entry(driver, name: str) -> dict:
                                            hover: Array.from(doc.querySelectorAll('[title]'), e => e.title)}));
         } else if (result.mime_type.startsWith('image/')) {
             const image = new Image();
-            image.onload = () => done(Object.assign(described, {width: image.naturalWidth, height: image.naturalHeight}));
+            image.onload = () => done(Object.assign(described, {width: image.naturalWidth,
+                                                                height: image.naturalHeight}));
             image.onerror = () => done(Object.assign(described, {width: 0, height: 0}));
             image.src = data;
         } else {

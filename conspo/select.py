@@ -1,6 +1,7 @@
 """`conspo select`: choose the checkpoints of one run whose evaluations fill the tables.
 
-    conspo select --run NAME --metrics DIR/step-000100/AIME24.metrics.json ... [--validation NAME] --out selected/NAME.json
+    conspo select --run NAME --metrics DIR/step-000100/AIME24.metrics.json ... [--validation NAME] \
+        --out selected/NAME.json
     conspo check-validation --train data/train/D.jsonl --validation data/benchmarks/V.jsonl --out data/validation/D.json
 
 The paper reports each method's best evaluation (Sec. 5.1: "evaluations every 100 steps ... the best performance for

@@ -78,6 +78,8 @@ def estimate(terms: Sequence[Term]) -> Estimate:
     n_bench = len(terms[0].rates)
     if any(len(term.rates) != n_bench for term in terms):
         raise ValueError("every term needs the same benchmarks")
+    if any(len({r.shape[-2] for r in term.rates}) != 1 for term in terms):
+        raise ValueError("a term needs the same seeds on every benchmark")
     weight = 1.0 / n_bench
     value = sum(term.sign * weight * sum(r.mean((-2, -1)) for r in term.rates) for term in terms)
     replicated = [term for term in terms if term.rates[0].shape[-2] > 1]

@@ -109,7 +109,8 @@ def aggregate(spec: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
                 bench_rates, first = per_seed_rates(spec, cell, chosen, bench)
                 rates.append(bench_rates)
                 result = estimate([Term([bench_rates], trained=bool(cell["runs"]))])
-                se_generation = math.sqrt(sum(c["benchmarks"][bench]["se_generation"] ** 2 for c in chosen)) / len(chosen)
+                generation = [c["benchmarks"][bench]["se_generation"] for c in chosen]
+                se_generation = math.sqrt(sum(se ** 2 for se in generation)) / len(generation)
                 rows.append({**base, "benchmark": bench, "metric": first["metric"], "value": float(result.value),
                              "se": float(result.se), "se_problems": float(result.se_problems),
                              "se_seeds": float(result.se_seeds), "se_generation": se_generation,
@@ -282,13 +283,28 @@ def verdict_rows(spec: dict, paired: pd.DataFrame, published: dict, selection: s
     return rows
 
 
+def comparisons(row: dict) -> str:
+    return f"{row['comparisons']} comparison" + ("" if row["comparisons"] == 1 else "s")
+
+
+def seeds_sentence(spec: dict) -> str:
+    """What a cell's value and ± are, from the number of seeds of the table's trained rows."""
+    counts = sorted({len(cell["seeds"]) for cell in spec["cells"] if cell["runs"]})
+    if counts == [1]:
+        return ("Each cell: one training run (one seed) ± its standard error over problems; run-to-run variance is "
+                "not measured.")
+    return (f"Each cell: the mean over {' or '.join(map(str, counts))} training runs (seeds) ± its standard error "
+            "over problems and seeds; each seed's value in the CSV (and the HTML's hover text).")
+
+
 def verdict_heading(spec: dict, rows: list[dict], selection: str) -> str:
     first = rows[0]
     text = (f"{spec['reference']} − method ({selection} checkpoints): mean difference and its "
-            f"{first['level']:.0%} interval, family-wise over the {first['comparisons']} comparisons of each column "
+            f"{first['level']:.0%} interval, family-wise over the {comparisons(first)} of each column "
             f"(Bonferroni; Student t, Welch-Satterthwaite df); verdict for {spec['reference']}")
     if not all(row["seeds_measured"] for row in rows):
-        text += ". One seed per run: run-to-run variance is not measured, the intervals hold problem and sampling noise only"
+        text += (". One seed per run: run-to-run variance is not measured, the intervals hold problem and sampling "
+                 "noise only")
     return text
 
 
@@ -305,7 +321,7 @@ def _verdict_table(spec: dict, rows: list[dict]) -> dict[tuple[str, str], dict[s
 
 def write_markdown(spec: dict, cells: pd.DataFrame, paired: pd.DataFrame, published: dict, path: str) -> None:
     headers = [h for _, h in columns_of(spec)]
-    lines = [f"# {heading(spec)}", ""]
+    lines = [f"# {heading(spec)}", "", seeds_sentence(spec), ""]
     for selection in selections(spec):
         lines += [f"## {caption(spec, selection)}", ""]
         rows = layout(spec, cells, published, selection)
@@ -378,7 +394,8 @@ table.conspo{border-collapse:collapse;margin:8px 0 18px}
 table.conspo th,table.conspo td{border-top:1px solid #ccc;padding:3px 8px;text-align:right}
 table.conspo th:first-child,table.conspo td:first-child{text-align:left}
 table.conspo tr.block th{text-align:center;font-style:italic;background:#f4f4f4}
-.se{color:#555;font-size:11px}.paper{display:block;color:#666;font-size:11px}.nopaper{display:block;color:#a60;font-size:11px}
+.se{color:#555;font-size:11px}.paper{display:block;color:#666;font-size:11px}
+.nopaper{display:block;color:#a60;font-size:11px}
 .better{color:#1a7f37}.worse{color:#c0392b}.interval{display:block;color:#555;font-size:11px}
 </style>"""
 
@@ -421,7 +438,8 @@ def _html_verdicts(spec: dict, rows: list[dict], table_id: str) -> str:
             claim = "" if row["claimed"] is None else f"; paper {row['claimed']:+.1f}"
             tds.append(f'<td data-benchmark="{html.escape(bench)}" data-verdict="{row["verdict"]}">'
                        f'{row["difference"]:+.1f} <span class="{row["verdict"].split()[0]}">{row["verdict"]}</span>'
-                       f'<span class="interval">[{row["low"]:+.1f}, {row["high"]:+.1f}]{html.escape(claim)}</span></td>')
+                       f'<span class="interval">[{row["low"]:+.1f}, {row["high"]:+.1f}]{html.escape(claim)}</span>'
+                       "</td>")
         out.append(f"<tr><td>{html.escape(model)}</td><td>{html.escape(method)}</td>" + "".join(tds) + "</tr>")
     out.append("</tbody></table>")
     return "\n".join(out)
@@ -431,9 +449,9 @@ def write_html(spec: dict, cells: pd.DataFrame, paired: pd.DataFrame, published:
     title = heading(spec)
     parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>{STYLE}"
              f"</head><body>", f"<h2>{html.escape(title)}</h2>",
-             "<p>Reproduced value at the best checkpoint (the mean over training seeds) ± its standard error over "
-             "problems and seeds (hover a cell for each seed's value); below it the paper's value and the difference "
-             "where the paper has the cell. <b>Bold</b>: best per column, <u>underlined</u>: runner-up.</p>",
+             f"<p>Reproduced value at the best checkpoint. {html.escape(seeds_sentence(spec))} Below it the paper's "
+             "value and the difference where the paper has the cell. <b>Bold</b>: best per column, "
+             "<u>underlined</u>: runner-up.</p>",
              _html_table(spec, layout(spec, cells, published, "best"), f"{spec['table']}-best")]
     for selection in selections(spec)[1:]:
         parts += [f"<h3>{html.escape(caption(spec, selection))}</h3>",

@@ -266,6 +266,7 @@ def test_validation_benchmark_is_evaluated_on_every_run_and_kept_out_of_the_tabl
     plan = make_plan(config)
     assert all(plan.run_benchmarks(run)[-1] == "Validation" for run in plan.runs)
     assert plan.table_spec("table1")["validation"] == "Validation"
+    assert "Validation" not in plan.figure_spec("figure1")["benchmarks"]  # a figure's default: every other one
     assert plan.validation_check("tiny-b--deepscaler-preview--conspo") == [
         "results/data/validation/deepscaler-preview.json"]
     config["selection"] = {"validation": "AIME24"}

@@ -120,6 +120,7 @@ def test_tables_carry_seed_means_and_seed_aware_errors(two_seeds):
     assert json.loads((results / "data" / "validation" / "deepscaler-preview.json").read_text())["shared"] == 0
     markdown = (results / "tables" / "table1" / "table1.md").read_text()
     assert "## Checkpoint chosen on the validation benchmark Validation" in markdown
+    assert "Each cell: the mean over 2 training runs (seeds) ± its standard error over problems and seeds" in markdown
     assert "run-to-run variance is not measured" not in markdown
 
 

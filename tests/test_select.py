@@ -55,7 +55,8 @@ def test_a_validation_set_sharing_a_training_prompt_is_refused(tmp_path):
                         for i in range(5)])
     write_jsonl(validation, [{"id": "v0", "problem": "What is 7 + 7?", "answer": "14", "source": "v"},
                              {"id": "v1", "problem": "what  is 3 +\n3?", "answer": "6", "source": "v"}])
-    with pytest.raises(ValueError, match=r"validation\.jsonl: 1 of its 2 problems are training prompts .* \(first: v1\)"):
+    with pytest.raises(ValueError, match=r"validation\.jsonl: 1 of its 2 problems are training prompts .* "
+                                         r"\(first: v1\)"):
         select.check_validation(str(train), str(validation))
     write_jsonl(validation, [{"id": "v0", "problem": "What is 7 + 7?", "answer": "14", "source": "v"}])
     out = tmp_path / "check.json"

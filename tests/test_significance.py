@@ -34,7 +34,8 @@ def test_t_quantile_matches_closed_forms_and_tables():
         assert float(t_quantile(q, df)) == pytest.approx(value, abs=2e-6)
     # fractional df: the cdf integrates the density to the quantile
     x = np.linspace(0, float(t_quantile(0.975, 2.5)), 200_001)
-    density = np.exp(math.lgamma(1.75) - math.lgamma(1.25) - 0.5 * math.log(2.5 * math.pi)) * (1 + x ** 2 / 2.5) ** -1.75
+    scale = math.exp(math.lgamma(1.75) - math.lgamma(1.25) - 0.5 * math.log(2.5 * math.pi))
+    density = scale * (1 + x ** 2 / 2.5) ** -1.75
     assert 0.5 + np.trapezoid(density, x) == pytest.approx(0.975, abs=1e-9)
     assert float(t_cdf(-2.776445, 4)) == pytest.approx(0.025, abs=1e-7)
     # the switch to the large-df expansion is continuous
@@ -134,7 +135,8 @@ def coverage(world: World, seeds: int, seed_sd: float, interaction_sd: float, be
     """Coverage of the 95% interval of ConSPO - other (shift 0.2 on the logit scale) and of the other method's cell,
     on the average over `benchmarks` ((N, k) each), a run's seed effect shared by its benchmarks."""
     ours, theirs = world.method(0.2), world.method(0.0)
-    truth = {name: world.truth(logits, seed_sd, interaction_sd) for name, logits in (("ours", ours), ("theirs", theirs))}
+    truth = {name: world.truth(logits, seed_sd, interaction_sd)
+             for name, logits in (("ours", ours), ("theirs", theirs))}
     ours_effect, theirs_effect = (world.rng.normal(0.0, seed_sd, (DRAWS, seeds, 1)) for _ in range(2))
     ours_rates, theirs_rates = [], []
     for n, k in benchmarks:

@@ -240,7 +240,8 @@ def test_paired_differences_against_conspo(paper_results):
     assert set(frame["benchmark"]) == set(spec["benchmarks"]) | {AVERAGE}
     html = Path(f"{rendered['table1']}.html").read_text()
     assert "Paired comparison: ConSPO − method (best checkpoints)" in html and "Bonferroni" in html
-    assert "run-to-run variance is not measured" in html
+    assert "run-to-run variance is not measured" in html  # the paper's setting: one seed
+    assert "Each cell: one training run (one seed) ± its standard error over problems" in html
     assert re.search(r'data-benchmark="AIME24" data-verdict="better">\+6\.1 .*\[\+\d\.\d, \+\d\.\d\]; paper \+6\.1',
                      html)
 
