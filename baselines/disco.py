@@ -22,7 +22,7 @@ from torch import Tensor
 
 from conspo.batch import RolloutBatch, SequenceInfo
 from conspo.losses import KL_ESTIMATORS, group_logsumexp, group_structure, masked_sum, sequence_scores
-from conspo.objective import Objective, register_objective
+from conspo.objective import Objective, check_parameter, register_objective
 
 
 def disco_group_objective(scores: Tensor, correct: Tensor, group_ids: Tensor, tau: float) -> Tensor:
@@ -44,10 +44,10 @@ class DisCO(Objective):
     n_terms = 2  # (likelihood score s_i, sum_t of the per-token KL estimate)
 
     def __post_init__(self):
-        if self.tau <= 0:
-            raise ValueError(f"disco.tau must be > 0, got {self.tau}")
-        if self.kl_estimator not in ("k1", "k3"):
-            raise ValueError(f"disco.kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}")
+        check_parameter("tau", self.tau, self.tau > 0, "> 0")
+        check_parameter("delta", self.delta, self.delta >= 0, ">= 0")
+        check_parameter("beta", self.beta, self.beta >= 0, ">= 0")
+        check_parameter("kl_estimator", self.kl_estimator, self.kl_estimator in ("k1", "k3"), "k1 or k3")
 
     def sequence_terms(self, batch: RolloutBatch, logprobs: Tensor) -> Tensor:
         mask = batch.response_mask
