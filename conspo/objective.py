@@ -157,7 +157,9 @@ def objective_parameters(name: str) -> dict[str, object]:
         raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(sorted(_REGISTRY))}")
     factory = _REGISTRY[name]
     cls = factory.objective_class  # type: ignore[attr-defined]
-    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
     return {**defaults, **factory.preset}  # type: ignore[attr-defined]
 
 
