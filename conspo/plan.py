@@ -514,10 +514,13 @@ class Plan:
                 "mem_mb": spec["mem_mb"], "runtime": spec["runtime"], **slurm}
 
     def train_command(self, run_name: str, config: str, mpi: str) -> str:
-        """The shell command of one training run: plain, accelerate on one node, or srun + accelerate on several."""
+        """The shell command of one training run: plain, accelerate on one node, or srun + accelerate on several.
+        A run folder left by a different config (the run's settings changed, or a corrected value after a failed
+        set-up) is moved to its superseded/ folder and the run starts over (`--replace-changed-run`)."""
         spec = self.models[self.runs[run_name].model]["resources"]["train"]
         nodes, gpus = spec["nodes"], spec["gpus_per_node"]
-        train = f"train --config {shlex.quote(config)} --out {shlex.quote(self.run_dir(run_name))}"
+        train = (f"train --config {shlex.quote(config)} --out {shlex.quote(self.run_dir(run_name))} "
+                 "--replace-changed-run")
         if nodes == 1 and gpus <= 1:
             return f"conspo {train}"
         accelerate = f"accelerate launch --config_file {shlex.quote(spec['accelerate_config'])}" \
