@@ -37,5 +37,6 @@ class SAPO(TokenSurrogate):
 
     def token_loss(self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor) -> Tensor:
         ratio = torch.exp(logprobs - old_logprobs)
-        temperature = torch.where(advantages > 0, self.tau_pos, self.tau_neg).to(ratio.dtype)
+        # built in the ratios' dtype (Python floats in torch.where would make float32 temperatures)
+        temperature = torch.where(advantages > 0, ratio.new_tensor(self.tau_pos), ratio.new_tensor(self.tau_neg))
         return -soft_gate(ratio, temperature) * advantages

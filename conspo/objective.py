@@ -303,7 +303,9 @@ def accumulate_gradients(
             terms = graph.detach()
         else:
             terms = compute_terms(objective, batch, logprob_fn, micro_batch_size)
-    probe = terms if terms is not None else torch.zeros(len(batch), objective.n_terms)
+    # a linear objective's coefficients do not depend on the terms: computed in float64, then cast to the terms' dtype
+    probe = terms if terms is not None else torch.zeros(len(batch), objective.n_terms, dtype=torch.float64,
+                                                        device=batch.rewards.device)
     full, offset = collective.gather(probe)
     if terms is not None:
         _check_finite(full, "no-grad pass" if graph is None else "gradient pass")
