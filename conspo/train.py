@@ -143,15 +143,22 @@ def first_difference(a, b, prefix=""):
     return None if a == b else prefix
 
 
+# keys that change how a run is carried out, not what it computes: a run resumes under new values of these
+OPERATIONAL_KEYS = (("train", "save_every"), ("train", "save_every_minutes"), ("verifier", "workers"))
+
+
 def config_change(saved: Path, cfg: RunConfig) -> str | None:
     """The first dotted key at which `cfg` differs from the config a run in the same folder started with (`saved`,
     its config.yaml), both with defaults filled (a key added to the run config since then, at its default, is no
-    change); None if they are the same."""
+    change) and OPERATIONAL_KEYS aside; None if they are the same."""
     try:
         before = config_to_dict(parse_config(yaml.safe_load(saved.read_text()), check_paths=False))
     except ConfigError as err:  # e.g. a key this version no longer has
         return str(err).partition(":")[0]
-    return first_difference(before, config_to_dict(cfg))
+    now = config_to_dict(cfg)
+    for section, key in OPERATIONAL_KEYS:
+        before[section][key] = now[section][key]
+    return first_difference(before, now)
 
 
 def train(cfg: RunConfig, out: Path, replace_changed: bool = False) -> dict:

@@ -249,7 +249,7 @@ class _Worker:
         self.deadline = math.inf  # when the oldest task's time is up
         if self._came_up() != "ready":
             self.kill()
-            raise RuntimeError(f"a verifier worker did not start within {STARTUP_TIMEOUT:.0f} s")
+            raise RuntimeError(f"a verifier worker exited or did not start within {STARTUP_TIMEOUT:.0f} s")
         os.set_blocking(self.tasks.fileno(), False)
         os.set_blocking(self.results.fileno(), False)
 

@@ -145,6 +145,8 @@ def test_a_changed_config_is_refused_or_with_the_workflow_flag_moved_aside(tiny,
                                       rollout={"temperature": 0.9}))
     with pytest.raises(ConfigError, match=r"^rollout\.temperature: differs from the config this run started with"):
         train(changed, tmp_path)  # even with done.json there: a finished run of another config is not this run
+    operational = parse_config(run_config(tiny, method="grpo", total_steps=2, checkpoint_every=2, save_every=1))
+    assert train(operational, tmp_path)["steps"] == 2  # a new save cadence changes nothing computed: no refusal
     train(changed, tmp_path, replace_changed=True)
     (aside,) = (tmp_path / "superseded").iterdir()
     assert (aside / "metrics.jsonl").read_text() == before and (aside / "done.json").exists()
