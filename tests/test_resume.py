@@ -155,3 +155,19 @@ def test_a_changed_config_is_refused_or_with_the_workflow_flag_moved_aside(tiny,
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["rollout"]["temperature"] == 0.9
     assert (tmp_path / "run.yaml").read_text() == "the workflow's file: not the run's\n"  # not the run's: stays
     assert json.loads((tmp_path / "done.json").read_text())["steps"] == 2
+
+
+def test_a_run_whose_set_up_failed_starts_over_once_the_value_is_corrected(tiny, tmp_path):
+    """A wrong data.n_prompts stops the run at set-up (its config.yaml written); corrected, the workflow's rerun moves
+    the failed attempt aside instead of refusing the folder."""
+    wrong = parse_config({**run_config(tiny, method="grpo", total_steps=2, checkpoint_every=2),
+                          "data": {"train": str(tiny["train"]), "n_prompts": 255}})
+    with pytest.raises(ConfigError, match=r"^data\.n_prompts: 255, but .* holds 256 records"):
+        train(wrong, tmp_path)
+    assert (tmp_path / "config.yaml").exists() and not (tmp_path / "metrics.jsonl").exists()
+    fixed = parse_config({**run_config(tiny, method="grpo", total_steps=2, checkpoint_every=2),
+                          "data": {"train": str(tiny["train"]), "n_prompts": 256}})
+    assert train(fixed, tmp_path, replace_changed=True)["steps"] == 2
+    (aside,) = (tmp_path / "superseded").iterdir()
+    assert yaml.safe_load((aside / "config.yaml").read_text())["data"]["n_prompts"] == 255
+    assert steps(tmp_path) == [1, 2]
