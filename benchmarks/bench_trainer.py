@@ -74,6 +74,8 @@ def ours(model: Path, data: Path, out: Path, method: str, params: dict, args) ->
     train(cfg, out)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"times": [line["time/step"] for line in lines[1:]],
+            "rollout": [line["time/rollout"] for line in lines[1:]], "update": [line["time/update"] for line in lines[1:]],
+            "length": [line["response_length"] for line in lines[1:]],
             "mixed": [1.0 - line["degenerate_groups"] for line in lines],
             "grad_norm": [line["grad_norm"] for line in lines]}
 
@@ -194,14 +196,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--records", type=Path, default=RECORDS)
     args = parser.parse_args(argv)
 
-    results: dict[str, dict[str, list[float]]] = {name: {"times": [], "mixed": [], "grad_norm": []} for name in RUNNERS}
+    results: dict[str, dict[str, list[float]]] = {name: {} for name in RUNNERS}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         args.model, data = prepare(root, max(64, args.prompts * (args.steps + 1)), args.model)
         for round_index in range(args.rounds):
             for name, runner in RUNNERS.items():
                 for key, values in runner(args.model, data, root / f"{name}-{round_index}", args).items():
-                    results[name][key] += values
+                    results[name].setdefault(key, []).extend(values)
         memory = {} if args.no_memory else {name: peak_rss_mib(name, args) for name in RUNNERS}
 
     times = {name: result["times"] for name, result in results.items()}
@@ -217,6 +219,13 @@ def main(argv: list[str]) -> int:
                  "peak RSS MiB", "training's own MiB"], rows)
     print(f"conspo train (GRPO) / TRL GRPOTrainer: {vs_trl:.3f} (goal <= {GOAL_VS_TRL})")
     print(f"ConSPO / GRPO step time in conspo train: {conspo_vs_grpo:.3f} (goal <= {GOAL_CONSPO_VS_GRPO})")
+    split = {name: {"rollout_ms": 1000 * statistics.median(results[name]["rollout"]),
+                    "update_ms": 1000 * statistics.median(results[name]["update"]),
+                    "response_length": statistics.fmean(results[name]["length"])}
+             for name in RUNNERS if "rollout" in results[name]}
+    for name, parts in split.items():
+        print(f"{name}: median rollout {parts['rollout_ms']:.0f} ms, update {parts['update_ms']:.0f} ms, "
+              f"mean response length {parts['response_length']:.1f} tokens")
     path = write_record("trainer", {
         "config": {"prompts_per_step": args.prompts, "group_size": args.group_size,
                    "max_new_tokens": args.max_new_tokens, "steps_per_run": args.steps, "rounds": args.rounds,
@@ -225,6 +234,7 @@ def main(argv: list[str]) -> int:
                    "device": "cpu"},
         "step_seconds": times,
         "mixed_group_share": mixed,  # per trainer: mean over steps of the share of groups with a gradient
+        "step_split": split,  # conspo train's own split of a step: median rollout and update ms, mean response length
         "mean_grad_norm": grad_norm,
         "median_ms_per_step": {name: 1000 * value for name, value in median.items()},
         "peak_rss_mib": memory,  # per trainer: process peak, and the run's peak above its starting RSS

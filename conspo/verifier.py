@@ -316,11 +316,10 @@ class _Worker:
         return task
 
     def stop(self, grace: float = 1.0) -> None:
-        os.set_blocking(self.tasks.fileno(), True)
         if not self.outbox:
-            try:  # the end of the pipe also stops it; the None frame lets it finish without a broken pipe
-                _write_all(self.tasks.fileno(), _frame(None))
-            except OSError:
+            try:  # without blocking: the end of the pipe stops the worker too, the None frame just says so first
+                os.write(self.tasks.fileno(), _frame(None))
+            except OSError:  # BlockingIOError (a full pipe) or a worker already gone
                 pass
         self.tasks.close()
         self.process.join(grace)
