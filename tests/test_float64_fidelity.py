@@ -82,7 +82,7 @@ def test_sapo_in_float64_is_its_formula(seed):
     mask = batch.response_mask.double()
     expected = ((-gate * a * mask).sum(-1) / mask.sum(-1)).mean()  # seq-mean-token-mean
     expected.backward()
-    assert abs(loss - float(expected)) <= RTOL * abs(float(expected))
+    assert abs(loss - expected.item()) <= RTOL * abs(expected.item())
     assert relative_error(grad, leaf.grad) <= RTOL
 
 
@@ -100,7 +100,7 @@ def test_grpo_weights_of_accumulate_gradients_in_float64_are_its_formula(seed):
     mask = batch.response_mask.double()
     expected = ((token * mask).sum(-1) / mask.sum(-1)).mean()
     expected.backward()
-    assert abs(loss - float(expected)) <= RTOL * abs(float(expected))
+    assert abs(loss - expected.item()) <= RTOL * abs(expected.item())
     assert relative_error(grad, leaf.grad) <= RTOL
 
 
@@ -120,5 +120,5 @@ def test_conspo_eq8_in_float64_is_its_formula(seed):
         per_group.append(math.sqrt(p * (1 - p)) * (scores[pos].mean() - scores[neg].mean()))
     expected = -torch.stack(per_group).mean()
     expected.backward()
-    assert abs(loss - float(expected)) <= RTOL * abs(float(expected))
+    assert abs(loss - expected.item()) <= RTOL * abs(expected.item())
     assert relative_error(grad, leaf.grad) <= RTOL
