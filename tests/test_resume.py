@@ -49,8 +49,7 @@ def kill_at(monkeypatch, module, name, when):
 
 def folder(out):
     """What a run folder holds: its checkpoints, states and leftovers, as sorted relative names."""
-    return sorted(str(p.relative_to(out)) for root in ("checkpoints", "state") for p in (out / root).glob("*")
-                  if (out / root).is_dir())
+    return sorted(str(p.relative_to(out)) for root in ("checkpoints", "state") for p in (out / root).glob("*"))
 
 
 def steps(out):
