@@ -3,6 +3,7 @@
 The Snakefile imports this module and asks it every planning question; the rules only call `conspo <command>`.
 
     plan = Plan.from_config(config)        # semantic validation: every error names the config key at fault
+                                           # (conspo.workflow_config checks the files and the schema before)
     plan.runs                              # distinct training runs, keyed by their resolved hyperparameters
     plan.checkpoint_steps(run_name)        # the steps whose checkpoints a run writes
     plan.run_benchmarks(run_name)          # the benchmarks each checkpoint of a run is evaluated on
@@ -26,7 +27,7 @@ from pathlib import Path
 import yaml
 
 from .atomic import write_json_atomic, write_text_atomic
-from .objective import available_objectives, build_objective, objective_parameters
+from .objective import ParameterError, available_objectives, build_objective, objective_parameters, typed_parameters
 from .runconfig import ConfigError, checkpoint_steps, parse_config
 
 BASE_MODEL = "Base Model"
@@ -112,6 +113,7 @@ class Run:
     trainer: dict  # rollout/train/dynamic_sampling/overlong_shaping sections (method extras merged in)
     seed: int
     serves: list = field(default_factory=list)  # e.g. ["table1:ConSPO", "figure2:tau=10"]
+    method: str = ""  # the method (config key) of the first table row or sweep point that needs the run
 
 
 class Plan:
@@ -132,6 +134,8 @@ class Plan:
         self._cells: dict[str, list[dict]] = {}
         self._sweeps: dict[str, list[dict]] = {}
         self._check_references()
+        self._check_data()
+        self._check_methods()
         self._plan_tables()
         self._plan_figures()
         self._check_run_configs()
@@ -215,6 +219,71 @@ class Plan:
                                         f"{self.methods[spec['method']]['objective']!r} has no parameter "
                                         f"{sweep['param']!r}; its parameters: {', '.join(known)}")
 
+    def _check_data(self) -> None:
+        """Data preparation: each `prepare` mapping against `conspo prepare-data`'s own options (local files must
+        exist), and each training set's n_prompts against what preparation writes (synthetic sources) or has written
+        (the prepared file, once there): the steps and checkpoints of every run are planned on it."""
+        from .data import check_prepare_options, prepared_size
+
+        for section in ("datasets", "benchmarks"):
+            for name, spec in self.config[section].items():
+                try:
+                    check_prepare_options(spec["prepare"])
+                except ValueError as err:
+                    raise PlanError(f"{section}.{name}.prepare.{err}") from None
+        for name, spec in self.datasets.items():
+            found, where = prepared_size(spec["prepare"]), "its synthetic source writes"
+            prepared = Path(self.train_data(name))
+            if found is None and prepared.is_file():
+                with prepared.open(encoding="utf-8") as handle:
+                    found, where = sum(1 for line in handle if line.strip()), f"{prepared} holds"
+            if found is not None and found != spec["n_prompts"]:
+                raise PlanError(f"datasets.{name}.n_prompts: {spec['n_prompts']}, but {where} {found} prompts "
+                                "(n_prompts fixes every run's steps and checkpoints)")
+
+    def _check_methods(self) -> None:
+        """Each method's parameters, and each value of a Figure 2 sweep, through the objective's own checks (types
+        and ranges), so that a bad value stops the workflow before any job, naming its key."""
+        for method, spec in self.methods.items():
+            try:
+                build_objective(spec["objective"], spec.get("params", {}))
+            except ParameterError as err:
+                raise PlanError(f"methods.{method}.params.{err}") from None
+        for figure, spec in self.figures.items():
+            if "method" not in spec:
+                continue
+            method = self.methods[spec["method"]]
+            for i, sweep in enumerate(spec.get("sweeps", [])):
+                for j, value in enumerate(sweep["values"]):
+                    try:
+                        build_objective(method["objective"], {**method.get("params", {}), sweep["param"]: value})
+                    except ParameterError as err:
+                        raise PlanError(f"figures.{figure}.sweeps[{i}].values[{j}]: {err}") from None
+
+    def _source_key(self, run: Run, key: str) -> str:
+        """The workflow-config key that a run-config key (e.g. `rollout.top_p`) of `run` takes its value from: the
+        method's trainer extras, else the model's training overrides, else the shared training settings."""
+        section, _, rest = key.partition(".")
+        if section == "method":
+            param = rest.removeprefix("params.").split(".")[0]
+            kind = "link" if param in self.methods[run.method].get("link", {}) else "params"
+            return f"methods.{run.method}.{kind}.{param}"
+        if section == "model":
+            return f"models.{run.model}.load.{rest}"
+        if section == "data":
+            return f"datasets.{run.dataset}"
+        if section in ("seed", "name"):
+            return key
+        plain = re.sub(r"\[\d+\]", "", key)
+        for prefix, settings in ((f"methods.{run.method}.trainer", self.methods[run.method].get("trainer", {})),
+                                 (f"models.{run.model}.training", self.models[run.model].get("training", {}))):
+            try:
+                dotted(settings, plain)
+                return f"{prefix}.{key}"
+            except (KeyError, TypeError):
+                continue
+        return f"training.{key}"
+
     # ------------------------------------------------------------------------------------------ runs
     def trainer_settings(self, model: str, method: str) -> dict:
         """rollout/train/... sections of a run: global training defaults < model overrides < method extras."""
@@ -232,9 +301,13 @@ class Plan:
         defaults = objective_parameters(spec["objective"])
         trainer = self.trainer_settings(model, method)
         linked = {param: dotted(trainer, setting) for param, setting in spec.get("link", {}).items()}
-        params = {**defaults, **spec.get("params", {}), **linked, **overrides}
-        params = {k: (float(v) if isinstance(defaults.get(k), float) and isinstance(v, int) and not isinstance(v, bool)
-                      else v) for k, v in params.items()}
+        try:  # typed: e.g. an int for a float parameter is a float, so equal values make one run
+            params = {**defaults, **typed_parameters(spec["objective"], {**spec.get("params", {}), **linked,
+                                                                          **overrides})}
+        except ParameterError as err:  # parameters and sweep values were checked: a linked setting's value
+            param = str(err).split(":")[0]
+            raise PlanError(f"methods.{method}.link.{err} (the value of {spec['link'].get(param)!r}, model "
+                            f"{model!r})") from None
         objective_class = type(build_objective(spec["objective"])).__name__
         key = canonical([model, dataset, objective_class, params, trainer, seed])
         name = self._run_by_key.get(key)
@@ -244,7 +317,7 @@ class Plan:
                 name += f"--seed{seed}"
             if name in self.runs:
                 raise PlanError(f"methods: two different runs would both be named {name!r}")
-            self.runs[name] = Run(name, model, dataset, spec["objective"], params, trainer, seed)
+            self.runs[name] = Run(name, model, dataset, spec["objective"], params, trainer, seed, method=method)
             self._run_by_key[key] = name
         self.runs[name].serves.append(serves)
         return name
@@ -295,12 +368,13 @@ class Plan:
             self._sweeps[figure] = points
 
     def _check_run_configs(self) -> None:
-        for name in self.runs:
+        """Every run config through conspo.runconfig's checks; an error names the workflow-config key at fault."""
+        for name, run in self.runs.items():
             try:
                 parse_config(self.run_config(name), check_paths=False)
             except ConfigError as err:
-                run = self.runs[name]
-                raise PlanError(f"training (model {run.model!r}, method {run.objective!r}): {err}") from None
+                key, _, message = str(err).partition(": ")
+                raise PlanError(f"{self._source_key(run, key)}: {message} (run {name})") from None
 
     # ------------------------------------------------------------------------------------------ paths
     def model_dir(self, model: str) -> str:
@@ -365,7 +439,7 @@ class Plan:
             "name": run.name,
             "seed": run.seed,
             "model": {"path": self.model_dir(run.model), **model.get("load", {})},
-            "data": {"train": self.train_data(run.dataset)},
+            "data": {"train": self.train_data(run.dataset), "n_prompts": self.n_prompts(run.dataset)},
             "method": {"name": run.objective, "params": dict(run.params)},
         }
         return sorted_keys({**config, **copy.deepcopy(run.trainer)})
@@ -473,10 +547,13 @@ class Plan:
                 "mem_mb": spec["mem_mb"], "runtime": spec["runtime"], **slurm}
 
     def train_command(self, run_name: str, config: str, mpi: str) -> str:
-        """The shell command of one training run: plain, accelerate on one node, or srun + accelerate on several."""
+        """The shell command of one training run: plain, accelerate on one node, or srun + accelerate on several.
+        A run folder left by a different config (the run's settings changed, or a corrected value after a failed
+        set-up) is moved to its superseded/ folder and the run starts over (`--replace-changed-run`)."""
         spec = self.models[self.runs[run_name].model]["resources"]["train"]
         nodes, gpus = spec["nodes"], spec["gpus_per_node"]
-        train = f"train --config {shlex.quote(config)} --out {shlex.quote(self.run_dir(run_name))}"
+        train = (f"train --config {shlex.quote(config)} --out {shlex.quote(self.run_dir(run_name))} "
+                 "--replace-changed-run")
         if nodes == 1 and gpus <= 1:
             return f"conspo {train}"
         accelerate = f"accelerate launch --config_file {shlex.quote(spec['accelerate_config'])}" \

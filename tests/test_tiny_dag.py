@@ -1,8 +1,8 @@
 """The embedded default end to end: README command 1's Makefile recipe (`make run`) executed in a copy of the
 checkout that reuses the environment already built, then: every table and figure exists, a second invocation has
-nothing to do, a changed method reruns only its own runs, one cell regenerates alone, the report opens in Chromium.
-No test keeps its own copy of that command line: a broken `make run` fails here. In `make test` (CI): ~10 min of
-the suite on 2 cores, the DAG itself ~150 jobs."""
+nothing to do, one cell regenerates alone, the report opens in Chromium (a changed method retraining only its own
+runs, executed: tests/test_dag_rerun.py). No test keeps its own copy of that command line: a broken `make run`
+fails here. In `make test` (CI): ~10 min of the suite on 2 cores, the DAG itself ~150 jobs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -77,17 +76,6 @@ def test_every_table_and_figure_is_built(tiny_run):
 
 def test_second_invocation_has_nothing_to_do(tiny_run):
     assert "Nothing to be done" in snakemake(tiny_run, "--cores", "2", "--dry-run", "all")
-
-
-def test_changing_one_method_reruns_only_its_runs(tiny_run):
-    config = yaml.safe_load((tiny_run / "config" / "tiny.yaml").read_text())
-    config["methods"]["GRPO"]["params"] = {"clip_eps_high": 0.25}
-    (tiny_run / "config" / "changed.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    jobs = scheduled(snakemake(tiny_run, "--cores", "2", "--configfile", "config/changed.yaml", "--dry-run", "all"))
-    trained = sorted(run for rule, run in jobs if rule == "train")
-    assert trained == ["tiny-a--deepscaler-preview--grpo"]
-    assert all(run.endswith("--grpo") for rule, run in jobs if rule == "evaluate_checkpoint")
-    assert not any(rule in ("evaluate_base_model", "prepare_model") for rule, _ in jobs)
 
 
 def test_one_cell_regenerates_alone(tiny_run):
