@@ -69,7 +69,7 @@ def spliced_prompts(batch: RolloutBatch, hints: list[list[int]]) -> tuple[Tensor
     """Left-padded prompt ids and mask with each row's hint tokens appended after its prompt: [q, r]."""
     rows = zip(batch.prompt_ids.cpu(), batch.prompt_mask.cpu(), hints)
     prompts = [ids[mask].tolist() + hint for ids, mask, hint in rows]
-    width = max(map(len, prompts))
+    width = max(map(len, prompts), default=0)
     ids = torch.zeros(len(prompts), width, dtype=batch.prompt_ids.dtype)
     mask = torch.zeros(len(prompts), width, dtype=torch.bool)
     for row, tokens in enumerate(prompts):
@@ -82,13 +82,8 @@ def spliced_prompts(batch: RolloutBatch, hints: list[list[int]]) -> tuple[Tensor
 def teacher_logprobs(batch: RolloutBatch, hints: list[list[int]], context: RolloutContext) -> Tensor:
     """log pi(o_t | q, r, o_<t) for every response token, [n, T], with no gradient."""
     prompt_ids, prompt_mask = spliced_prompts(batch, hints)
-    parts = []
     with torch.no_grad():
-        for idx, mb in batch.micro_batches(context.micro_batch_size):
-            idx = idx.to(prompt_ids.device)
-            logprobs = context.response_logprobs(prompt_ids[idx], prompt_mask[idx], mb.response_ids, mb.response_mask)
-            parts.append(logprobs)
-    return torch.cat(parts).detach().float()
+        return context.response_logprobs(replace(batch, prompt_ids=prompt_ids, prompt_mask=prompt_mask)).float()
 
 
 @register_objective("cepo")
@@ -122,8 +117,8 @@ class CEPO(GRPO):
         worst = worst_rejected(batch)
         # rows that need the teacher passes: a rejected rollout in the group (else r- = r+) and A_i != 0
         contrasted = torch.nonzero((worst >= 0) & (sign.cpu() != 0)).flatten()
-        if lam > 0 and len(contrasted):
-            sub = batch.select(contrasted)
+        if lam > 0:  # on every rank, with no rows if none needs them: under FSDP or ZeRO the passes communicate
+            sub = batch.select(contrasted.to(batch.rewards.device))
             positive = [self.hint_tokens(context.answers[i], context.tokenizer) for i in contrasted.tolist()]
             negative = [
                 self.hint_tokens(rejected_answer(context.responses[worst[i]], context.answers[i]), context.tokenizer)

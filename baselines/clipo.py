@@ -36,18 +36,6 @@ from conspo.objective import (Objective, ParameterError, RolloutContext, build_o
                               register_objective)
 
 
-def pooled_response_hidden(batch: RolloutBatch, context: RolloutContext) -> Tensor:
-    """h_i: the policy's final-layer hidden states averaged over each rollout's response tokens, [n, H] float32,
-    without gradient, `context.micro_batch_size` rows per forward pass."""
-    parts = []
-    with torch.no_grad():
-        for _, mb in batch.micro_batches(context.micro_batch_size):
-            hidden = context.response_hidden(mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)
-            mask = mb.response_mask.to(hidden.device, torch.float32)[..., None]
-            parts.append((hidden.float() * mask).sum(1) / mask.sum(1))
-    return torch.cat(parts)
-
-
 def sample_positives(correct: Tensor, group_ids: Tensor, generator: torch.Generator) -> Tensor:
     """p(i): for every row, a uniformly drawn other correct rollout of its group (row i itself if there is none)."""
     n = len(correct)
@@ -140,7 +128,7 @@ class CLIPO(Objective):
             self.restored_head = None
 
     def prepare(self, batch: RolloutBatch, context: RolloutContext) -> RolloutBatch:
-        hidden = pooled_response_hidden(batch, context)  # h_i of this rank's rows
+        hidden = context.pooled_hidden(batch)  # h_i of this rank's rows
         # every rank trains the same head on the whole step batch: gather h, correctness and groups from all ranks
         device = hidden.device
         hidden, offset = context.collective.gather(hidden)

@@ -5,7 +5,7 @@ One "step" here is what the method adds to or does inside a trainer step after g
 the batch (`accumulate_gradients`). Generation and the optimizer step of the policy are the same for every method
 and are left out. The policy is a tiny character-level Qwen2; the same batch and model serve every method.
 
-    python -m benchmarks methods [--prompts 8] [--group-size 8] [--hidden 128] [--layers 2] [--micro-batch-size 16]
+    python -m benchmarks methods [--prompts 8] [--group-size 8] [--hidden 128] [--layers 2] [--max-tokens 512]
                                  [--repeats 10] [--warmup 1] [--device cpu|cuda] [--records DIR]
 """
 
@@ -20,6 +20,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from benchmarks.common import RECORDS, median_ms, print_table, time_interleaved, write_record
 from conspo.batch import RolloutBatch
+from conspo.forward import PolicyForward, output_head
 from conspo.objective import RolloutContext, accumulate_gradients, build_objective
 
 METHODS = {  # name -> (registered method, params): shaping and teacher passes switched on from the first step
@@ -51,27 +52,12 @@ def tiny_policy(tokenizer: CharTokenizer, seed: int = 0, hidden: int = 64, layer
     return Qwen2ForCausalLM(config).float()
 
 
-def policy_forward(model, prompt_ids, prompt_mask, response_ids, response_mask) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs [n, T] and final-layer hidden states [n, T, H] of the response tokens after a left-padded prompt."""
-    ids = torch.cat([prompt_ids, response_ids], 1)
-    mask = torch.cat([prompt_mask, response_mask], 1).long()
-    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
-                output_hidden_states=True)
-    width, length = prompt_ids.shape[1], response_ids.shape[1]
-    logits = out.logits[:, width - 1: width + length - 1].float()  # the positions that predict o_1..o_T
-    logprobs = torch.log_softmax(logits, -1).gather(-1, response_ids[..., None]).squeeze(-1)
-    return logprobs, out.hidden_states[-1][:, width: width + length]
-
-
-def policy_context(model, tokenizer, answers: list[str], responses: list[str], step: int = 0,
-                   micro_batch_size: int = 8) -> RolloutContext:
-    def logprobs(*rows):
-        with torch.no_grad():
-            return policy_forward(model, *rows)[0]
-
-    return RolloutContext(response_logprobs=logprobs, response_hidden=lambda *rows: policy_forward(model, *rows)[1],
-                          tokenizer=tokenizer, answers=answers, responses=responses, step=step,
-                          micro_batch_size=micro_batch_size)
+def policy_context(forward: PolicyForward, tokenizer, answers: list[str], responses: list[str],
+                   step: int = 0) -> RolloutContext:
+    """The context the trainer gives `prepare`, over the policy passes `forward`."""
+    return RolloutContext(response_logprobs=lambda batch: forward.token_logprobs(batch)[0],
+                          pooled_hidden=forward.pooled_hidden, tokenizer=tokenizer, answers=answers,
+                          responses=responses, step=step)
 
 
 def _pad(rows: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,6 +68,11 @@ def _pad(rows: list[list[int]], left: bool) -> tuple[torch.Tensor, torch.Tensor]
         span = slice(width - len(row), width) if left else slice(0, len(row))
         ids[i, span], mask[i, span] = torch.tensor(row), True
     return ids, mask
+
+
+def policy_passes(model, max_tokens: int = 4096) -> PolicyForward:
+    """The policy's passes (conspo.forward), micro-batches of at most `max_tokens` positions."""
+    return PolicyForward(model, output_head(model), max_tokens=max_tokens, pad_id=CharTokenizer.pad_token_id)
 
 
 def tiny_rollouts(model, tokenizer, correct: list[list[bool]], seed: int = 0):
@@ -103,28 +94,24 @@ def tiny_rollouts(model, tokenizer, correct: list[list[bool]], seed: int = 0):
     device = next(model.parameters()).device
     prompt_ids, prompt_mask = (t.to(device) for t in _pad(prompts, left=True))
     response_ids, response_mask = (t.to(device) for t in _pad([tokenizer.encode(r) for r in responses], left=False))
-    with torch.no_grad():
-        old = policy_forward(model, prompt_ids, prompt_mask, response_ids, response_mask)[0]
     batch = RolloutBatch.create(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
-                                response_mask=response_mask, old_logprobs=old,
+                                response_mask=response_mask, old_logprobs=torch.zeros(response_ids.shape),
                                 rewards=torch.tensor(rewards, device=device),
                                 group_ids=torch.tensor(group_ids, device=device))
+    batch.old_logprobs = policy_passes(model).token_logprobs(batch)[0]
     return batch, answers, responses
 
 
-def method_step(name: str, model, tokenizer, batch, answers, responses, micro_batch_size: int):
+def method_step(name: str, model, tokenizer, batch, answers, responses, max_tokens: int):
     """One timed call: prepare, advantages, then the objective's forward/backward through the policy."""
     method, params = METHODS[name]
     objective = build_objective(method, params)
-
-    def logprob_fn(mb):
-        return policy_forward(model, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)[0]
+    forward = policy_passes(model, max_tokens)
 
     def step():
-        context = policy_context(model, tokenizer, answers, responses, micro_batch_size=micro_batch_size)
-        prepared = objective.prepare(batch, context)
+        prepared = objective.prepare(batch, policy_context(forward, tokenizer, answers, responses))
         prepared = prepared.with_advantages(objective.advantages(prepared.rewards, prepared.group_ids))
-        accumulate_gradients(objective, prepared, logprob_fn, micro_batch_size=micro_batch_size, progress=0.0)
+        accumulate_gradients(objective, prepared, forward.gradient_passes(), progress=0.0)
         model.zero_grad(set_to_none=True)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
@@ -136,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks methods", description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group-size", type=int, default=8)
-    parser.add_argument("--micro-batch-size", type=int, default=16)
+    parser.add_argument("--max-tokens", type=int, default=512, help="token budget of a micro-batch")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
@@ -153,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     pattern = [[i < (g * (args.group_size + 1)) // args.prompts for i in range(args.group_size)]
                for g in range(args.prompts)]
     batch, answers, responses = tiny_rollouts(model, tokenizer, pattern)
-    calls = {name: method_step(name, model, tokenizer, batch, answers, responses, args.micro_batch_size)
+    calls = {name: method_step(name, model, tokenizer, batch, answers, responses, args.max_tokens)
              for name in METHODS}
     times = time_interleaved(calls, warmup=args.warmup, repeats=args.repeats)
 
@@ -168,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_record("methods", directory=args.records, payload={
         "setup": {"rollouts": len(batch), "group_size": args.group_size, "prompt_tokens": batch.prompt_ids.shape[1],
                   "response_tokens": batch.response_ids.shape[1], "hidden": args.hidden, "layers": args.layers,
-                  "micro_batch_size": args.micro_batch_size, "repeats": args.repeats, "warmup": args.warmup,
+                  "max_tokens_per_micro_batch": args.max_tokens, "repeats": args.repeats, "warmup": args.warmup,
                   "device": args.device, "threads": args.threads},
         "results": results,
     })

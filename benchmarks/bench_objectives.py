@@ -22,7 +22,7 @@ import torch
 
 from benchmarks.common import RECORDS, median_ms, print_table, time_interleaved, write_record
 from conspo import RolloutBatch, accumulate_gradients, available_objectives, build_objective
-from conspo.objective import Objective
+from conspo.objective import Objective, RowChunks
 
 ISSUE_2_GOAL = 1.1  # ConSPO / GRPO forward+backward cost
 
@@ -58,7 +58,7 @@ def timed_step(objective: Objective, batch: RolloutBatch, micro_batch_size: int,
         if on_policy_terms and not objective.linear:
             with torch.no_grad():
                 terms = objective.sequence_terms(batch, batch.old_logprobs)
-        accumulate_gradients(objective, batch, logprob_fn, micro_batch_size=micro_batch_size, progress=0.5, terms=terms)
+        accumulate_gradients(objective, batch, RowChunks(logprob_fn, micro_batch_size), progress=0.5, terms=terms)
 
     return step
 

@@ -64,11 +64,10 @@ def ours(model: Path, data: Path, out: Path, method: str, params: dict, args) ->
     from conspo.runconfig import parse_config
     from conspo.train import train
 
-    rollouts = args.prompts * args.group_size
-    cfg = parse_config({
+    cfg = parse_config({  # the default token budget holds every rollout in one micro-batch, as TRL's batch
         "model": {"path": str(model)}, "data": {"train": str(data)}, "method": {"name": method, "params": params},
         "rollout": {"group_size": args.group_size, "max_new_tokens": args.max_new_tokens},
-        "train": {"prompts_per_step": args.prompts, "micro_batch_size": rollouts, "total_steps": args.steps,
+        "train": {"prompts_per_step": args.prompts, "total_steps": args.steps,
                   "lr": 1e-5, "checkpoint_every": 10**6, "max_grad_norm": 1.0},
         "verifier": {"workers": 1}})
     train(cfg, out)

@@ -193,15 +193,29 @@ class RolloutBatch:
             extras={k: v[index] for k, v in self.extras.items()},
         )
 
-    def micro_batches(self, size: int) -> list[tuple[Tensor, "RolloutBatch"]]:
-        """Consecutive row chunks of at most `size` rows, with their row indices."""
-        if size <= 0:
-            raise BatchError(f"micro_batch_size must be positive, got {size}")
-        out = []
-        for start in range(0, len(self), size):
-            idx = torch.arange(start, min(start + size, len(self)))
-            out.append((idx, self.select(idx)))
-        return out
+    def trimmed(self) -> "RolloutBatch":
+        """The same rows without the columns that are padding in every row (the prompts' left, the responses' right):
+        a micro-batch padded to its own longest prompt and response. Per-token fields (log-probs, and extras whose
+        second dimension is the response width) are cut with the responses."""
+        width = self.response_ids.shape[1]
+        keep_prompt = int(self.prompt_mask.sum(-1).max()) if len(self) else 0
+        keep_response = int(self.response_mask.sum(-1).max()) if len(self) else 0
+        prompt = slice(self.prompt_ids.shape[1] - keep_prompt, None)
+        response = slice(0, keep_response)
+
+        def per_token(value: Tensor | None) -> Tensor | None:
+            return value[:, response] if value is not None and value.ndim >= 2 and value.shape[1] == width else value
+
+        return replace(
+            self,
+            prompt_ids=self.prompt_ids[:, prompt],
+            prompt_mask=self.prompt_mask[:, prompt],
+            response_ids=self.response_ids[:, response],
+            response_mask=self.response_mask[:, response],
+            old_logprobs=self.old_logprobs[:, response],
+            ref_logprobs=per_token(self.ref_logprobs),
+            extras={k: per_token(v) for k, v in self.extras.items()},
+        )
 
     def with_advantages(self, advantages: Tensor) -> "RolloutBatch":
         return replace(self, advantages=_at_least_float32(advantages))

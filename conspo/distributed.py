@@ -26,7 +26,7 @@ def collective_for(accelerator) -> Collective:
 def configure_deepspeed(plugin, cfg: RunConfig, world: int) -> None:
     """Fill the DeepSpeed config of an accelerate DeepSpeed plugin from the run config, before `prepare`: one engine
     step per optimizer step (the trainer marks the last micro-batch as the accumulation boundary, so DeepSpeed's
-    own accumulation count stays 1 and its loss scaling a no-op), the micro-batch size, and clipping at
+    own accumulation count stays 1 and its loss scaling a no-op), the batch size, and clipping at
     `train.max_grad_norm` (the engine clips; accelerate's "auto" would be 1.0). Refuses what ZeRO cannot run here."""
     ds = plugin.deepspeed_config
     if cfg.dynamic_sampling.enabled:
@@ -36,9 +36,11 @@ def configure_deepspeed(plugin, cfg: RunConfig, world: int) -> None:
     if stage == 3 and cfg.rollout.engine == "transformers":
         raise ConfigError("rollout.engine: transformers generates with the full parameters, which ZeRO-3 partitions; "
                           "use rollout.engine: vllm or ZeRO stage 2")
-    ds["train_micro_batch_size_per_gpu"] = cfg.train.micro_batch_size
+    # one engine step per optimizer step: its "micro-batch" is a rank's rollouts of one mini-batch
+    rows = cfg.train.prompts_per_step // (world * cfg.train.mini_batches_per_step) * cfg.rollout.group_size
+    ds["train_micro_batch_size_per_gpu"] = rows
     ds["gradient_accumulation_steps"] = 1
-    ds["train_batch_size"] = cfg.train.micro_batch_size * world
+    ds["train_batch_size"] = rows * world
     ds["gradient_clipping"] = cfg.train.max_grad_norm or 0.0
 
 

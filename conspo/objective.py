@@ -17,6 +17,7 @@ size, the row order or the split across ranks (ARCHITECTURE.md, "Exact group gra
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import typing
@@ -92,25 +93,25 @@ class Objective:
 class RolloutContext:
     """What `Objective.prepare` may use: the policy's forward passes and the rollouts' text side.
 
-    - `response_logprobs(prompt_ids, prompt_mask, response_ids, response_mask) -> Tensor[n, T]` (no grad)
-    - `response_hidden(prompt_ids, prompt_mask, response_ids, response_mask) -> Tensor[n, T, H]` (final-layer hidden
-      states of the response tokens; differentiable only if the caller enables grad)
+    - `response_logprobs(batch) -> Tensor[n, T]`: no-grad log-probs of the rows' responses after their prompts
+      (a RolloutBatch; CEPO passes its rows with hint tokens spliced into the prompts);
+    - `pooled_hidden(batch) -> Tensor[n, H]`: no-grad final-layer hidden states averaged over each row's response;
+      both run through conspo.forward.PolicyForward in micro-batches of the trainer's token budget, so extra passes
+      over a large step batch stay within the memory of a training micro-batch;
     - `tokenizer`, the rows' gold `answers` and decoded `responses`, the current `step` (0 on the first optimizer
       step) and `progress`;
-    - `micro_batch_size`: the most rows `prepare` sends in one call (the trainer passes its train.micro_batch_size),
-      so extra passes over a large step batch stay within the memory of a training micro-batch;
     - `collective`: the same all-gather the exact gradients use, for methods whose state must see the whole step
       batch on every rank (CLIPO's head); group ids must be unique across ranks.
+    Under FSDP or ZeRO every rank must make the same passes: call them on every rank, with an empty batch if need be.
     """
 
-    response_logprobs: Callable[..., Tensor]
-    response_hidden: Callable[..., Tensor]
+    response_logprobs: Callable[[RolloutBatch], Tensor]
+    pooled_hidden: Callable[[RolloutBatch], Tensor]
     tokenizer: object
     answers: list[str]
     responses: list[str]
     step: int = 0
     progress: float = 0.0
-    micro_batch_size: int = 8
     collective: "Collective" = field(default_factory=lambda: SingleProcess())
 
 
@@ -253,79 +254,123 @@ def _check_finite(terms: Tensor, where: str) -> None:
         raise FloatingPointError(f"non-finite sequence terms ({where}) at rows {rows}: refusing to back-propagate")
 
 
-LogprobFn = Callable[[RolloutBatch], Tensor]
+class Passes(Protocol):
+    """How `accumulate_gradients` runs the policy over a rank's batch (conspo.forward.GradientPasses in the trainer;
+    `RowChunks` for a plain log-prob function).
+
+    - `split(batch)`: the micro-batches, as (row indices, rows) pairs; under sharded data parallelism every rank
+      returns as many (some possibly empty), since each forward and backward communicates;
+    - `logprobs(mb)`: response log-probs [n, T] of one micro-batch, with gradients when enabled;
+    - `no_sync(last)`: the context one gradient micro-batch's forward and backward run in (DDP's no_sync but for the
+      last one);
+    - `backward(surrogate, last)`: back-propagate one micro-batch's surrogate, `last` marking the step's final one.
+    """
+
+    def split(self, batch: RolloutBatch) -> list[tuple[Tensor, RolloutBatch]]: ...
+
+    def logprobs(self, mb: RolloutBatch) -> Tensor: ...
+
+    def no_sync(self, last: bool) -> contextlib.AbstractContextManager: ...
+
+    def backward(self, surrogate: Tensor, last: bool) -> None: ...
 
 
-def gradient_pass_suffices(objective: Objective, rows: int, micro_batch_size: int) -> bool:
-    """Whether `accumulate_gradients` needs no pass over a rank's `rows` rollouts besides the gradient pass: a
-    linear objective's coefficients need no terms, and a batch of one micro-batch keeps its graph while they are
-    computed. The trainer then takes on-policy old log-probs from that pass too."""
-    return objective.linear or rows <= micro_batch_size
+@dataclass
+class RowChunks:
+    """`Passes` over a log-prob function: consecutive chunks of `rows` rows (all rows when None), plain backward."""
+
+    logprob_fn: Callable[[RolloutBatch], Tensor]
+    rows: int | None = None
+
+    def split(self, batch: RolloutBatch) -> list[tuple[Tensor, RolloutBatch]]:
+        if self.rows is not None and self.rows <= 0:
+            raise ValueError(f"rows must be positive, got {self.rows}")
+        size = self.rows or max(len(batch), 1)
+        index = torch.arange(len(batch), device=batch.rewards.device)
+        return [(idx, batch.select(idx)) for idx in torch.split(index, size)]
+
+    def logprobs(self, mb: RolloutBatch) -> Tensor:
+        return self.logprob_fn(mb)
+
+    def no_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext()
+
+    def backward(self, surrogate: Tensor, last: bool) -> None:
+        surrogate.backward()
 
 
-@torch.no_grad()
-def compute_terms(objective: Objective, batch: RolloutBatch, logprob_fn: LogprobFn, micro_batch_size: int) -> Tensor:
-    """Sequence terms of every rollout of `batch` without gradients, micro-batch by micro-batch."""
-    parts = [objective.sequence_terms(mb, logprob_fn(mb)) for _, mb in batch.micro_batches(micro_batch_size)]
-    return torch.cat(parts).detach()
+def gradient_pass_suffices(objective: Objective, micro_batches: int) -> bool:
+    """Whether `accumulate_gradients` needs no pass over a rank's batch besides the gradient pass: a linear
+    objective's coefficients need no terms, and a batch of one micro-batch keeps its graph while they are computed.
+    The trainer then takes on-policy old log-probs from that pass too."""
+    return objective.linear or micro_batches == 1
 
 
 def accumulate_gradients(
     objective: Objective,
     batch: RolloutBatch,
-    logprob_fn: LogprobFn,
+    passes: Passes,
     *,
-    micro_batch_size: int,
     progress: float,
     terms: Tensor | None = None,
     collective: Collective | None = None,
-    backward: Callable[[Tensor, bool], None] | None = None,
 ) -> tuple[float, dict[str, float]]:
     """Back-propagate the objective's loss on the whole step batch into the parameters' .grad, micro-batch by
-    micro-batch, exactly (see module docstring). Returns the loss value and the objective's metrics.
+    micro-batch (`passes.split`), exactly (see module docstring). Returns the loss value and the objective's metrics.
 
     `terms`: this rank's no-grad terms at the current parameters if already known (e.g. from the behaviour policy's
-    log-probs on the first strictly on-policy update). Otherwise a non-linear objective whose rank batch fits one
+    log-probs on the first strictly on-policy update). Otherwise a non-linear objective whose rank batch is one
     micro-batch takes them from the gradient pass itself (its graph is kept while the coefficients are computed);
     a larger batch gets an extra no-grad pass. Linear objectives need no terms for their coefficients.
     With several ranks, gradients are assumed to be averaged by DDP/FSDP/DeepSpeed, so each rank's share is scaled by
     the world size to make the average equal the whole-batch gradient.
-    `backward(surrogate, last)`: how to back-propagate one micro-batch's surrogate, `last` marking the step's final
-    one (the trainer passes accelerate's, for DeepSpeed's accumulation boundary); `surrogate.backward()` by default.
     """
     collective = collective or SingleProcess()
-    backward = backward or (lambda surrogate, last: surrogate.backward())
     info = _gather_info(batch.info, collective)
-    graph = None  # (terms with their graph): the gradient pass already done, when the batch is one micro-batch
-    if terms is None and not objective.linear:
-        if gradient_pass_suffices(objective, len(batch), micro_batch_size):
-            graph = objective.sequence_terms(batch, logprob_fn(batch))
-            terms = graph.detach()
-        else:
-            terms = compute_terms(objective, batch, logprob_fn, micro_batch_size)
-    # a linear objective's coefficients do not depend on the terms: computed in float64, then cast to the terms' dtype
-    probe = terms if terms is not None else torch.zeros(len(batch), objective.n_terms, dtype=torch.float64,
-                                                        device=batch.rewards.device)
-    full, offset = collective.gather(probe)
-    if terms is not None:
-        _check_finite(full, "no-grad pass" if graph is None else "gradient pass")
-    leaf = full.clone().requires_grad_(True)
-    loss, metrics = objective.loss(leaf, info, progress)
-    (coeffs,) = torch.autograd.grad(loss, leaf, allow_unused=True, materialize_grads=True)
-    coeffs = coeffs[offset : offset + len(batch)] * collective.world_size
-    if graph is not None:
-        backward((coeffs.to(graph.dtype) * graph).sum(), True)
+    micro_batches = passes.split(batch)
+
+    def coefficients(known: Tensor | None, where: str) -> tuple[Tensor, dict[str, float], Tensor]:
+        # a linear objective's coefficients do not depend on the terms: computed in float64, then cast to the
+        # terms' dtype
+        probe = known if known is not None else torch.zeros(len(batch), objective.n_terms, dtype=torch.float64,
+                                                            device=batch.rewards.device)
+        full, offset = collective.gather(probe)
+        if known is not None:
+            _check_finite(full, where)
+        leaf = full.clone().requires_grad_(True)
+        loss, metrics = objective.loss(leaf, info, progress)
+        (coeffs,) = torch.autograd.grad(loss, leaf, allow_unused=True, materialize_grads=True)
+        return loss, metrics, coeffs[offset : offset + len(batch)] * collective.world_size
+
+    if terms is None and not objective.linear and gradient_pass_suffices(objective, len(micro_batches)):
+        ((idx, mb),) = micro_batches
+        with passes.no_sync(True):
+            graph = objective.sequence_terms(mb, passes.logprobs(mb))
+            loss, metrics, coeffs = coefficients(_batch_order([(idx, graph.detach())]), "gradient pass")
+            passes.backward((coeffs[idx].to(graph.dtype) * graph).sum(), True)
         return float(loss.detach()), metrics
 
+    if terms is None and not objective.linear:
+        with torch.no_grad():
+            terms = _batch_order([(idx, objective.sequence_terms(mb, passes.logprobs(mb)))
+                                  for idx, mb in micro_batches])
+    loss, metrics, coeffs = coefficients(terms, "no-grad pass")
     seen = []
-    micro_batches = batch.micro_batches(micro_batch_size)
     for number, (idx, mb) in enumerate(micro_batches, start=1):
-        mb_terms = objective.sequence_terms(mb, logprob_fn(mb))
-        _check_finite(mb_terms.detach(), "gradient pass")
-        backward((coeffs[idx].to(mb_terms.dtype) * mb_terms).sum(), number == len(micro_batches))
-        seen.append(mb_terms.detach())
+        last = number == len(micro_batches)
+        with passes.no_sync(last):
+            mb_terms = objective.sequence_terms(mb, passes.logprobs(mb))
+            _check_finite(mb_terms.detach(), "gradient pass")
+            passes.backward((coeffs[idx].to(mb_terms.dtype) * mb_terms).sum(), last)
+        seen.append((idx, mb_terms.detach()))
     if terms is None:  # linear objective: report the loss at the terms the gradient pass saw
-        full, _ = collective.gather(torch.cat(seen))
+        full, _ = collective.gather(_batch_order(seen))
         with torch.no_grad():
             loss, metrics = objective.loss(full, info, progress)
     return float(loss.detach()), metrics
+
+
+def _batch_order(parts: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """Per-micro-batch rows [(row indices, values)] as one tensor in the batch's row order."""
+    order = torch.cat([idx for idx, _ in parts])
+    return torch.cat([values for _, values in parts])[torch.argsort(order)]

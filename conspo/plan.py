@@ -3,7 +3,8 @@
 The Snakefile imports this module and asks it every planning question; the rules only call `conspo <command>`.
 
     plan = Plan.from_config(config)        # semantic validation: every error names the config key at fault
-                                           # (conspo.workflow_config checks the files and the schema before)
+                                           # (conspo.workflow_config checks the files and the schema before);
+                                           # every GPU training run must fit its GPUs (conspo.memory)
     plan.runs                              # distinct training runs, keyed by their resolved hyperparameters
     plan.checkpoint_steps(run_name)        # the steps whose checkpoints a run writes
     plan.run_benchmarks(run_name)          # the benchmarks each checkpoint of a run is evaluated on
@@ -27,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from .atomic import write_json_atomic, write_text_atomic
+from .memory import check_plan_memory
 from .objective import ParameterError, available_objectives, build_objective, objective_parameters, typed_parameters
 from .runconfig import ConfigError, checkpoint_steps, parse_config
 
@@ -117,7 +119,7 @@ class Run:
 
 
 class Plan:
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, *, check_memory: bool = True):
         self.config = config
         self.results = config["results"]
         self.models: dict = config["models"]
@@ -139,6 +141,8 @@ class Plan:
         self._plan_tables()
         self._plan_figures()
         self._check_run_configs()
+        if check_memory:  # every GPU training run must fit the GPU memory its resources name (conspo.memory)
+            check_plan_memory(self)
 
     @classmethod
     def from_config(cls, config: dict) -> "Plan":

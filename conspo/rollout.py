@@ -1,5 +1,5 @@
-"""Rollouts for the trainer: sampling G responses per prompt with the live policy, padding them into tensors, and
-the policy's forward pass over (prompt, response) rows.
+"""Rollouts for the trainer: sampling G responses per prompt with the live policy and padding them into tensors
+(the policy's forward passes over the rows are conspo.forward's).
 
 Two samplers behind one interface (`sample(prompt_ids, texts, group_size, seed) -> responses per prompt`, then
 `sync_weights()` after every optimizer step):
@@ -96,29 +96,3 @@ def pad(rows: list[list[int]], value: int, left: bool) -> tuple[Tensor, Tensor]:
         ids[i, span] = torch.tensor(row, dtype=torch.long)
         mask[i, span] = True
     return ids, mask
-
-
-def response_logits(model, prompt_ids: Tensor, prompt_mask: Tensor, response_ids: Tensor, response_mask: Tensor,
-                    temperature: float, output_hidden: bool = False):
-    """Logits (divided by the sampling temperature) that predict each response token [n, T, V], and optionally the
-    final-layer hidden states of the response tokens [n, T, H]. Left-padded prompts keep their true positions."""
-    ids = torch.cat([prompt_ids, response_ids], dim=1)
-    mask = torch.cat([prompt_mask, response_mask], dim=1).long()
-    positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    t = response_ids.shape[1]
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, logits_to_keep=t + 1,
-                output_hidden_states=output_hidden, use_cache=False)
-    logits = out.logits[:, :-1].float()
-    if temperature > 0 and temperature != 1.0:
-        logits = logits / temperature
-    hidden = out.hidden_states[-1][:, -t:] if output_hidden else None
-    return logits, hidden
-
-
-def token_logprobs(logits: Tensor, ids: Tensor) -> Tensor:
-    return torch.log_softmax(logits, -1).gather(-1, ids[..., None]).squeeze(-1)
-
-
-def token_entropy(logits: Tensor) -> Tensor:
-    logp = torch.log_softmax(logits, -1)
-    return -(logp.exp() * logp).sum(-1)

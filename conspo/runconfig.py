@@ -1,5 +1,5 @@
 """The run config of one RL training run (docs/design.md, "Run config"): parsed into dataclasses with defaults
-filled, validated before any compute. Every error names the offending key (dotted path, e.g. `train.micro_batch_size`).
+filled, validated before any compute. Every error names the offending key (dotted path, e.g. `train.lr`).
 
     cfg = load_config("run.yaml")            # or parse_config(dict)
     steps = checkpoint_steps(cfg, n_prompts)  # the steps whose checkpoints the run writes
@@ -76,7 +76,10 @@ class TrainConfig:
     rollouts_per_step: int | None = None  # optional, the same batch in rollouts (must be prompts_per_step * G)
     mini_batches_per_step: int = 1  # >1: PPO-style several optimizer steps per rollout batch
     ppo_epochs: int = 1  # passes over the rollout batch per step
-    micro_batch_size: int = 8  # rollouts per forward/backward
+    # positions (rows x their longest prompt + response) per forward/backward, like verl's ppo_max_token_len_per_gpu;
+    # at least rollout.max_prompt_tokens + rollout.max_new_tokens, so that any row fits
+    max_tokens_per_micro_batch: int = 16384
+    logit_chunk_tokens: int = 512  # response tokens per chunk through the output head (chunk x vocabulary logits)
     epochs: int = 4  # passes over the training prompts
     total_steps: int | None = None  # optional cap; None = epochs * ceil(n_prompts / prompts_per_step)
     lr: float = 2.0e-6
@@ -89,7 +92,7 @@ class TrainConfig:
     checkpoint_every: int = 100  # checkpoint (and evaluation) cadence in steps; the last step is always saved
     save_every: int | None = None  # steps between resumable states besides those at checkpoints (None: only there)
     save_every_minutes: float | None = None  # ... or minutes of wall time since the last one (whichever comes first)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute each decoder layer in backward (FSDP: the accelerate config's)
 
 
 @dataclass
@@ -140,9 +143,10 @@ CHOICES = {
 POSITIVE = {"rollout.max_new_tokens", "rollout.max_prompt_tokens", "rollout.temperature",
             "rollout.prompts_per_generation", "rollout.vllm.tensor_parallel_size", "rollout.vllm.server_timeout",
             "train.prompts_per_step", "train.rollouts_per_step", "train.mini_batches_per_step", "train.ppo_epochs",
-            "train.micro_batch_size", "train.epochs", "train.total_steps", "train.checkpoint_every", "train.save_every",
-            "train.save_every_minutes", "train.lr", "data.limit", "data.n_prompts", "verifier.timeout",
-            "verifier.workers", "dynamic_sampling.max_rounds", "overlong_shaping.buffer"}
+            "train.max_tokens_per_micro_batch", "train.logit_chunk_tokens", "train.epochs", "train.total_steps",
+            "train.checkpoint_every", "train.save_every", "train.save_every_minutes", "train.lr", "data.limit",
+            "data.n_prompts", "verifier.timeout", "verifier.workers", "dynamic_sampling.max_rounds",
+            "overlong_shaping.buffer"}
 NON_NEGATIVE = {"train.warmup_steps", "train.weight_decay", "train.adam_eps", "train.max_grad_norm",
                 "overlong_shaping.penalty"}
 RANGES = {  # key: (whether a value is allowed, the requirement in words)
@@ -154,6 +158,8 @@ RANGES = {  # key: (whether a value is allowed, the requirement in words)
     "rollout.vllm.server_port": (lambda v: 0 < v < 65536, "a TCP port (1-65535)"),
     "train.adam_betas": (lambda v: all(0 <= beta < 1 for beta in v), "two values in [0, 1)"),
 }
+RETIRED = {"train": {"micro_batch_size": "micro-batches are sized in tokens by train.max_tokens_per_micro_batch "
+                                         "(docs/training.md, Memory)"}}
 
 
 def _value(key: str, kind, raw):
@@ -170,6 +176,8 @@ def _section(cls, raw, prefix: str):
         raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    for name in set(raw) & set(RETIRED.get(prefix, {})):
+        raise ConfigError(f"{prefix}.{name}: retired; {RETIRED[prefix][name]}")
     unknown = sorted(set(raw) - names)
     if unknown:
         where = f"{prefix}.{unknown[0]}" if prefix else str(unknown[0])
@@ -229,10 +237,10 @@ def _check_batch_sizes(cfg: RunConfig) -> None:
     if t.prompts_per_step % t.mini_batches_per_step:
         raise ConfigError(f"train.mini_batches_per_step: {t.mini_batches_per_step} does not divide "
                           f"train.prompts_per_step={t.prompts_per_step}: mini-batches must hold whole groups")
-    per_mini = t.prompts_per_step // t.mini_batches_per_step * g
-    if per_mini % t.micro_batch_size:
-        raise ConfigError(f"train.micro_batch_size: {t.micro_batch_size} does not divide the {per_mini} rollouts of a "
-                          f"mini-batch (prompts_per_step / mini_batches_per_step * group_size)")
+    longest = cfg.rollout.max_prompt_tokens + cfg.rollout.max_new_tokens
+    if t.max_tokens_per_micro_batch < longest:
+        raise ConfigError(f"train.max_tokens_per_micro_batch: {t.max_tokens_per_micro_batch} is less than the "
+                          f"longest row, rollout.max_prompt_tokens + rollout.max_new_tokens = {longest}")
     p = cfg.rollout.prompts_per_generation
     if p is not None and t.prompts_per_step % p:
         raise ConfigError(f"rollout.prompts_per_generation: {p} does not divide train.prompts_per_step="
@@ -243,16 +251,12 @@ def _check_batch_sizes(cfg: RunConfig) -> None:
 
 
 def check_world_size(cfg: RunConfig, world_size: int) -> None:
-    """Checks that need the number of data-parallel ranks: every rank gets whole groups, whole micro-batches."""
-    t, g = cfg.train, cfg.rollout.group_size
+    """Checks that need the number of data-parallel ranks: every rank gets whole groups."""
+    t = cfg.train
     shards = world_size * t.mini_batches_per_step
     if t.prompts_per_step % shards:
         raise ConfigError(f"train.prompts_per_step: {t.prompts_per_step} prompts cannot be split into whole groups "
                           f"over {world_size} ranks x {t.mini_batches_per_step} mini-batches")
-    per_rank = t.prompts_per_step // shards * g
-    if per_rank % t.micro_batch_size:
-        raise ConfigError(f"train.micro_batch_size: {t.micro_batch_size} does not divide the {per_rank} rollouts a "
-                          f"rank holds per mini-batch with {world_size} ranks")
     p = cfg.rollout.prompts_per_generation
     if p is not None and (t.prompts_per_step // world_size) % p:
         raise ConfigError(f"rollout.prompts_per_generation: {p} does not divide the "

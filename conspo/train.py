@@ -13,6 +13,8 @@ Each step, top to bottom:
      terms; gradient clipping, AdamW, the learning-rate schedule;
   7. metrics line, a checkpoint every `checkpoint_every` steps and at the last, and a resumable state at each
      checkpoint and every `save_every` steps / `save_every_minutes` (conspo.checkpoint).
+Every pass through the policy (4-6) is conspo.forward.PolicyForward's: micro-batches by the token budget
+`train.max_tokens_per_micro_batch`, log-probs through the output head in chunks of `train.logit_chunk_tokens`.
 The trainer never looks at a method's name: only at the objective's attributes (`needs_reference`).
 Resuming: a re-run with the same config and DIR continues from the newest resumable state. A re-run with a changed
 config is refused, or with --replace-changed-run (what the workflow passes) the earlier run's files are moved to
@@ -43,10 +45,11 @@ from .checkpoint import (SaveSchedule, latest_state, load_state, move_aside, sav
                          truncate_metrics)
 from .data import format_prompt, read_jsonl
 from .distributed import collective_for, configure_deepspeed
+from .forward import ForwardStats, PolicyForward, output_head
 from .losses import degenerate_fraction
 from .models import load_policy
 from .objective import Objective, RolloutContext, accumulate_gradients, build_objective, gradient_pass_suffices
-from .rollout import make_sampler, pad, prompt_token_ids, response_logits, token_entropy, token_logprobs, chunk_seed
+from .rollout import chunk_seed, make_sampler, pad, prompt_token_ids
 from .runconfig import (ConfigError, RunConfig, check_world_size, checkpoint_steps, config_to_dict, load_config,
                         parse_config, total_steps)
 from .shaping import DynamicSampling, OverlongShaping
@@ -143,6 +146,74 @@ def first_difference(a, b, prefix=""):
     return None if a == b else prefix
 
 
+def policy_passes(accelerator, model, policy, cfg: RunConfig, pad_id: int) -> PolicyForward:
+    """The forward passes of `model` (as prepared by accelerate; `policy` unwrapped, whose output head is swapped for
+    the chunked log-probs) in this process: as many micro-batches as the rank that needs most, DDP's no_sync but on
+    an optimizer step's last micro-batch, accelerate's backward with that micro-batch as DeepSpeed's accumulation
+    boundary (the engine then clips and steps once per optimizer step)."""
+    ddp = accelerator.distributed_type in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+
+    def agree(count: int) -> int:
+        if accelerator.num_processes == 1:
+            return count
+        return int(accelerator.gather(torch.tensor([count], device=accelerator.device)).max())
+
+    def no_sync(last: bool):
+        return accelerator.no_sync(model) if ddp and not last else nullcontext()
+
+    def backward(surrogate, last: bool) -> None:
+        accelerator.sync_gradients = last
+        accelerator.backward(surrogate)
+
+    return PolicyForward(model, output_head(policy), temperature=cfg.rollout.temperature,
+                         max_tokens=cfg.train.max_tokens_per_micro_batch, chunk_tokens=cfg.train.logit_chunk_tokens,
+                         pad_id=pad_id, agree=agree, no_sync=no_sync, backward=backward)
+
+
+def rollout_batch(rollouts: Rollouts, pad_id: int, device) -> RolloutBatch:
+    """A rank's rollouts as one batch (prompts left-padded, responses right-padded; old log-probs still zero)."""
+    prompt_ids, prompt_mask = pad(rollouts.prompt_ids, pad_id, left=True)
+    response_ids, response_mask = pad(rollouts.response_ids, pad_id, left=False)
+    return RolloutBatch.create(
+        prompt_ids=prompt_ids.to(device), prompt_mask=prompt_mask.to(device), response_ids=response_ids.to(device),
+        response_mask=response_mask.to(device), old_logprobs=torch.zeros(response_ids.shape, device=device),
+        rewards=rollouts.rewards.to(device), correct=rollouts.correct.to(device),
+        group_ids=rollouts.group_ids.to(device), truncated=rollouts.truncated.to(device))
+
+
+def optimizer_steps(objective: Objective, batch: RolloutBatch, forward: PolicyForward, *, old_from_pass: bool,
+                    stats: ForwardStats, optimizer, scheduler, accelerator, model, collective, cfg: RunConfig,
+                    step: int, progress: float) -> tuple[list[float], list[float], list[dict]]:
+    """Stage 6: `mini_batches_per_step` mini-batches of whole groups x `ppo_epochs` optimizer steps, each through
+    `accumulate_gradients`. The first is on-policy: its terms are the old log-probs' (or, `old_from_pass`, the
+    gradient pass's own). Returns each step's loss, gradient norm and objective metrics; token counts go to `stats`."""
+    t = cfg.train
+    group_ids = torch.unique(batch.group_ids)
+    losses, grad_norms, metrics = [], [], []
+    for epoch in range(t.ppo_epochs):
+        order = group_ids
+        if t.mini_batches_per_step * t.ppo_epochs > 1:
+            shuffle = torch.Generator().manual_seed(chunk_seed(cfg.seed, step, epoch))
+            order = group_ids[torch.randperm(len(group_ids), generator=shuffle)]
+        for chosen in torch.tensor_split(order, t.mini_batches_per_step):
+            mini = batch.select(torch.nonzero(torch.isin(batch.group_ids, chosen)).flatten())
+            on_policy = not losses  # no optimizer step yet since the rollouts: old log-probs are current
+            passes = forward.gradient_passes(old_from_pass=on_policy and old_from_pass)
+            terms = objective.sequence_terms(mini, mini.old_logprobs) if on_policy and not old_from_pass else None
+            optimizer.zero_grad(set_to_none=True)
+            loss, objective_metrics = accumulate_gradients(objective, mini, passes, progress=progress, terms=terms,
+                                                           collective=collective)
+            # under DeepSpeed: the engine has clipped and stepped; this returns its norm, step() is a no-op
+            norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm or float("inf"))
+            optimizer.step()
+            scheduler.step()
+            stats.merge(passes.stats)
+            losses.append(loss)
+            grad_norms.append(float("nan") if norm is None else float(norm))
+            metrics.append(objective_metrics)
+    return losses, grad_norms, metrics
+
+
 # keys that change how a run is carried out, not what it computes: a run resumes under new values of these
 OPERATIONAL_KEYS = (("train", "save_every"), ("train", "save_every_minutes"), ("verifier", "workers"))
 
@@ -210,7 +281,11 @@ def train(cfg: RunConfig, out: Path, replace_changed: bool = False) -> dict:
         raise ConfigError(f"rollout.max_prompt_tokens: all {len(records)} prompts are longer than "
                           f"{cfg.rollout.max_prompt_tokens} tokens")
     if t.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        plugin = accelerator.state.fsdp_plugin if accelerator.distributed_type == DistributedType.FSDP else None
+        if plugin is not None and plugin.activation_checkpointing:
+            raise ConfigError("train.gradient_checkpointing: the accelerate config already checkpoints the decoder "
+                              "layers (fsdp_activation_checkpointing); keep one of the two")
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
     objective = build_objective(cfg.method.name, cfg.method.params)
     reference = None
@@ -221,8 +296,8 @@ def train(cfg: RunConfig, out: Path, replace_changed: bool = False) -> dict:
     # One optimizer step per rollout batch and no prepare hook: the behaviour policy is the current one, so the old
     # log-probs can be the gradient pass's own, detached, and the separate no-grad pass over the batch is skipped
     # (as TRL does with num_iterations = 1). Linear objectives always can; sequence-score objectives only when the
-    # rank's batch is one micro-batch, since their coefficients need every score of a group before any gradient
-    # flows (decided per step below: dynamic sampling varies the batch).
+    # rank's batch is one micro-batch of the token budget on every rank, since their coefficients need every score
+    # of a group before any gradient flows (decided per step below: lengths and dynamic sampling vary the batch).
     single_update = updates_per_step == 1 and type(objective).prepare is Objective.prepare
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=t.adam_betas, eps=t.adam_eps,
                                   weight_decay=t.weight_decay)
@@ -238,10 +313,12 @@ def train(cfg: RunConfig, out: Path, replace_changed: bool = False) -> dict:
     policy = accelerator.unwrap_model(model)
     sampler = make_sampler(cfg, policy, tokenizer, accelerator)
     collective = collective_for(accelerator)
-    ddp = accelerator.distributed_type in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
     stop_ids = {tokenizer.eos_token_id, *(lambda e: e if isinstance(e, list) else [e])(
         getattr(policy.generation_config, "eos_token_id", None))} - {None}
     pad_id = tokenizer.pad_token_id
+    forward = policy_passes(accelerator, model, policy, cfg, pad_id)
+    reference_forward = None if reference is None else \
+        policy_passes(accelerator, reference, accelerator.unwrap_model(reference), cfg, pad_id)
     shaping = OverlongShaping(cfg.overlong_shaping.buffer, cfg.overlong_shaping.penalty) \
         if cfg.overlong_shaping.enabled else None
     stream = PromptStream(len(usable), cfg.seed)
@@ -275,34 +352,6 @@ def train(cfg: RunConfig, out: Path, replace_changed: bool = False) -> dict:
             pass
 
     # ------------------------------------------------------------------------------------------------ helpers
-    def backward(surrogate, last):
-        # DeepSpeed's engine steps (and clips) at the accumulation boundary: the step's last micro-batch
-        accelerator.sync_gradients = last
-        accelerator.backward(surrogate)
-
-    def forward_logprobs(net, batch, with_entropy=False):
-        """No-grad per-token log-probs (and entropies) of the responses, micro-batch by micro-batch."""
-        lps, ents = [], []
-        with torch.no_grad():
-            for _, mb in batch.micro_batches(t.micro_batch_size):
-                logits, _ = response_logits(net, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask,
-                                            cfg.rollout.temperature)
-                lps.append(token_logprobs(logits, mb.response_ids))
-                if with_entropy:
-                    ents.append(token_entropy(logits))
-        return torch.cat(lps), (torch.cat(ents) if with_entropy else None)
-
-    def rows_forward(output_hidden):
-        def run(prompt_ids, prompt_mask, response_ids, response_mask):
-            parts = []
-            for s in range(0, len(prompt_ids), t.micro_batch_size):
-                sl = slice(s, s + t.micro_batch_size)
-                logits, hidden = response_logits(policy, prompt_ids[sl], prompt_mask[sl], response_ids[sl],
-                                                 response_mask[sl], cfg.rollout.temperature, output_hidden)
-                parts.append(hidden if output_hidden else token_logprobs(logits, response_ids[sl]).detach())
-            return torch.cat(parts)
-        return run
-
     def generate_round(indices, step, round_index, first_position, group_base):
         recs = [records[usable[i]] for i in indices]
         texts = [format_prompt(r["problem"]) for r in recs]
@@ -359,79 +408,30 @@ def train(cfg: RunConfig, out: Path, replace_changed: bool = False) -> dict:
             rollout_time = time.perf_counter() - started
 
             # 4. old (and reference) log-probs
-            prompt_ids, prompt_mask = pad(rollouts.prompt_ids, pad_id, left=True)
-            response_ids, response_mask = pad(rollouts.response_ids, pad_id, left=False)
-            batch = RolloutBatch.create(
-                prompt_ids=prompt_ids.to(device), prompt_mask=prompt_mask.to(device),
-                response_ids=response_ids.to(device), response_mask=response_mask.to(device),
-                old_logprobs=torch.zeros(response_ids.shape, device=device), rewards=rollouts.rewards.to(device),
-                correct=rollouts.correct.to(device), group_ids=rollouts.group_ids.to(device),
-                truncated=rollouts.truncated.to(device))
-            entropy_sums = torch.zeros(2, device=device)  # sum of token entropies, number of tokens
-            old_from_gradient_pass = single_update and gradient_pass_suffices(objective, len(batch), t.micro_batch_size)
-            if not old_from_gradient_pass:  # else the gradient pass fills in old log-probs and entropies
-                batch.old_logprobs, entropy = forward_logprobs(policy, batch, with_entropy=True)
-                entropy_sums += torch.stack([(entropy * batch.response_mask).sum(), batch.response_mask.sum()])
-            if reference is not None:
-                batch.ref_logprobs, _ = forward_logprobs(reference, batch)
+            batch = rollout_batch(rollouts, pad_id, device)
+            stats = ForwardStats()  # entropy of the behaviour policy, token ratios outside the clip band
+            old_from_pass = single_update and gradient_pass_suffices(objective, len(forward.split(batch)))
+            if not old_from_pass:  # else the gradient pass fills in old log-probs and entropies
+                batch.old_logprobs, entropy = forward.token_logprobs(batch, entropy=True)
+                stats.add_entropy(entropy, batch.response_mask)
+            if reference_forward is not None:
+                batch.ref_logprobs, _ = reference_forward.token_logprobs(batch)
             batch.validate()
 
             # 5. method-specific preparation, then advantages from whole groups
-            context = RolloutContext(response_logprobs=rows_forward(False), response_hidden=rows_forward(True),
-                                     tokenizer=tokenizer, answers=rollouts.answers, responses=rollouts.texts,
-                                     step=step, progress=progress, micro_batch_size=t.micro_batch_size,
+            context = RolloutContext(response_logprobs=lambda rows: forward.token_logprobs(rows)[0],
+                                     pooled_hidden=forward.pooled_hidden, tokenizer=tokenizer,
+                                     answers=rollouts.answers, responses=rollouts.texts, step=step, progress=progress,
                                      collective=collective)
             batch = objective.prepare(batch, context)
             batch = batch.with_advantages(objective.advantages(batch.rewards, batch.group_ids))
 
             # 6. optimizer steps: mini-batches of whole groups, ppo_epochs passes
             update_started = time.perf_counter()
-            group_ids = torch.unique(batch.group_ids)
-            ratio_counts = torch.zeros(3, device=device)  # tokens below 1-0.2, above 1+0.2, all
-            losses, grad_norms, objective_metrics = [], [], []
-            for epoch in range(t.ppo_epochs):
-                order = group_ids
-                if updates_per_step > 1:
-                    shuffle = torch.Generator().manual_seed(chunk_seed(cfg.seed, step, epoch))
-                    order = group_ids[torch.randperm(len(group_ids), generator=shuffle)]
-                for chosen in torch.tensor_split(order, t.mini_batches_per_step):
-                    mini = batch.select(torch.nonzero(torch.isin(batch.group_ids, chosen)).flatten())
-                    on_policy = not losses  # no optimizer step yet since the rollouts: old log-probs are current
-                    seen = [0]
-
-                    def logprob_fn(mb, mini=mini, seen=seen):
-                        grad_pass = torch.is_grad_enabled()
-                        last = seen[0] + len(mb) >= len(mini)
-                        with accelerator.no_sync(model) if ddp and grad_pass and not last else nullcontext():
-                            logits, _ = response_logits(model, mb.prompt_ids, mb.prompt_mask, mb.response_ids,
-                                                        mb.response_mask, cfg.rollout.temperature)
-                        lp = token_logprobs(logits, mb.response_ids)
-                        if grad_pass and old_from_gradient_pass:
-                            mb.old_logprobs = lp.detach()  # read by the objective's sequence_terms(mb, lp) next
-                            with torch.no_grad():
-                                entropy_sums.add_(torch.stack([(token_entropy(logits) * mb.response_mask).sum(),
-                                                               mb.response_mask.sum()]))
-                        if grad_pass:
-                            seen[0] += len(mb)
-                            with torch.no_grad():
-                                ratio = torch.exp(lp - mb.old_logprobs)[mb.response_mask]
-                                ratio_counts.add_(torch.stack([(ratio < 0.8).sum(), (ratio > 1.2).sum(),
-                                                               torch.tensor(ratio.numel(), device=device)]).float())
-                        return lp
-
-                    terms = objective.sequence_terms(mini, mini.old_logprobs) \
-                        if on_policy and not old_from_gradient_pass else None
-                    optimizer.zero_grad(set_to_none=True)
-                    loss, obj_metrics = accumulate_gradients(objective, mini, logprob_fn,
-                                                             micro_batch_size=t.micro_batch_size, progress=progress,
-                                                             terms=terms, collective=collective, backward=backward)
-                    # under DeepSpeed: the engine has clipped and stepped; this returns its norm, step() is a no-op
-                    norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm or float("inf"))
-                    optimizer.step()
-                    scheduler.step()
-                    losses.append(loss)
-                    grad_norms.append(float("nan") if norm is None else float(norm))
-                    objective_metrics.append(obj_metrics)
+            losses, grad_norms, objective_metrics = optimizer_steps(
+                objective, batch, forward, old_from_pass=old_from_pass, stats=stats, optimizer=optimizer,
+                scheduler=scheduler, accelerator=accelerator, model=model, collective=collective, cfg=cfg, step=step,
+                progress=progress)
             sampler.sync_weights()
             update_time = time.perf_counter() - update_started
 
@@ -443,8 +443,7 @@ def train(cfg: RunConfig, out: Path, replace_changed: bool = False) -> dict:
             lengths, _ = collective.gather(info.lengths)
             truncated, _ = collective.gather(info.truncated.float())
             prompt_tokens = accelerator.reduce(batch.prompt_mask.sum().float().reshape(1), reduction="sum")
-            ent = accelerator.reduce(entropy_sums, reduction="sum")
-            ratios = accelerator.reduce(ratio_counts, reduction="sum")
+            token_metrics = stats.metrics(lambda counts: accelerator.reduce(counts.to(device), reduction="sum").cpu())
             step_time = time.perf_counter() - started
             record = {
                 "step": step + 1,
@@ -456,9 +455,7 @@ def train(cfg: RunConfig, out: Path, replace_changed: bool = False) -> dict:
                 "response_length": float(lengths.mean()),
                 "response_length_max": float(lengths.max()),
                 "truncated": float(truncated.mean()),
-                "entropy": float(ent[0] / ent[1]),
-                "clip_frac_low": float(ratios[0] / ratios[2]),
-                "clip_frac_high": float(ratios[1] / ratios[2]),
+                **token_metrics,  # entropy, clip_frac_low, clip_frac_high
                 "loss": sum(losses) / len(losses),
                 "grad_norm": sum(grad_norms) / len(grad_norms),
                 "lr": scheduler.get_last_lr()[0],

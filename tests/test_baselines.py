@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conspo import RolloutBatch, accumulate_gradients, build_objective
-from conspo.objective import objective_parameters
+from conspo.objective import RowChunks, objective_parameters
 from test_exact_gradients import TinyLM, accumulated_gradient, make_batch, reference_gradient
 
 from baselines.gmpo import sign_aware_log_clip
@@ -257,7 +257,7 @@ def test_nan_logprobs_are_refused_not_propagated(name):
         return model.response_logprobs(mb) + torch.where(torch.arange(len(mb))[:, None] == 0, torch.nan, 0.0)
 
     with pytest.raises(FloatingPointError, match="non-finite"):
-        accumulate_gradients(objective, batch, poisoned, micro_batch_size=8, progress=0.0)
+        accumulate_gradients(objective, batch, RowChunks(poisoned, 8), progress=0.0)
 
 
 @pytest.mark.parametrize("name", BASELINES)

@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from baselines.cepo import ADVANTAGE_SIGN, WEIGHTS, spliced_prompts, worst_rejected
-from baselines.clipo import infonce_losses, pooled_response_hidden, sample_positives
-from benchmarks.bench_methods import CharTokenizer, policy_context, policy_forward, tiny_policy, tiny_rollouts
+from baselines.clipo import infonce_losses, sample_positives
+from benchmarks.bench_methods import CharTokenizer, policy_context, policy_passes, tiny_policy, tiny_rollouts
 from conspo.batch import RolloutBatch
 from conspo.objective import RolloutContext, accumulate_gradients, build_objective, objective_parameters
 
@@ -31,14 +31,10 @@ def model(tokenizer):
 
 
 def synthetic_context(hidden: torch.Tensor, step: int = 0) -> RolloutContext:
-    """A context whose 'policy' returns fixed hidden states per row (constant over tokens); rows are identified by
-    their first response token, which holds the row index."""
-
-    def response_hidden(prompt_ids, prompt_mask, response_ids, response_mask):
-        return hidden[response_ids[:, 0]][:, None, :].expand(-1, response_ids.shape[1], -1)
-
-    return RolloutContext(response_logprobs=None, response_hidden=response_hidden, tokenizer=None, answers=[],
-                          responses=[], step=step, micro_batch_size=5)
+    """A context whose 'policy' returns fixed pooled hidden states per row; rows are identified by their first
+    response token, which holds the row index."""
+    return RolloutContext(response_logprobs=None, pooled_hidden=lambda batch: hidden[batch.response_ids[:, 0]],
+                          tokenizer=None, answers=[], responses=[], step=step)
 
 
 def synthetic_batch(correct: list[list[bool]]) -> RolloutBatch:
@@ -100,7 +96,7 @@ def test_clipo_on_two_ranks_equals_one_rank_on_the_whole_batch():
     whole = build_objective("clipo", params)
     expected = whole.prepare(batch, synthetic_context(hidden)).rewards
     halves = [batch.select(torch.arange(7)), batch.select(torch.arange(7, len(batch)))]  # whole groups per rank
-    sent = [[pooled_response_hidden(half, synthetic_context(hidden)), half.correct.float(), half.group_ids]
+    sent = [[synthetic_context(hidden).pooled_hidden(half), half.correct.float(), half.group_ids]
             for half in halves]
     for rank, half in enumerate(halves):
         clipo = build_objective("clipo", params)
@@ -157,7 +153,7 @@ def test_clipo_delegates_to_its_base_method(model, tokenizer):
     batch, answers, responses = tiny_rollouts(model, tokenizer, [[True, False, True, True], [False] * 4])
     clipo = build_objective("clipo", {"base_method": "grpo", "base_params": {"clip_eps_high": 0.28},
                                       "head_warmup_steps": 0, "head_dim": 16})
-    shaped = clipo.prepare(batch, policy_context(model, tokenizer, answers, responses))
+    shaped = clipo.prepare(batch, policy_context(policy_passes(model), tokenizer, answers, responses))
     assert clipo.linear and clipo.n_terms == 2
     base = build_objective("grpo", {"clip_eps_high": 0.28})
     shaped = shaped.with_advantages(clipo.advantages(shaped.rewards, shaped.group_ids))
@@ -168,13 +164,11 @@ def test_clipo_delegates_to_its_base_method(model, tokenizer):
 # ------------------------------------------------------------------------------------------------- CEPO
 
 
-def logprob_fn(model):
-    return lambda mb: policy_forward(model, mb.prompt_ids, mb.prompt_mask, mb.response_ids, mb.response_mask)[0]
-
-
 def loss_and_grads(objective, batch, model):
     model.zero_grad(set_to_none=True)
-    loss, _ = accumulate_gradients(objective, batch, logprob_fn(model), micro_batch_size=3, progress=0.0)
+    passes = policy_passes(model, max_tokens=80).gradient_passes()  # rows of about 25 tokens: several micro-batches
+    assert len(passes.split(batch)) > 1
+    loss, _ = accumulate_gradients(objective, batch, passes, progress=0.0)
     return loss, [p.grad.clone() for p in model.parameters()]
 
 
@@ -186,11 +180,12 @@ def prepared(objective, batch, context):
 def test_cepo_without_rejected_rollouts_is_the_clipped_surrogate(model, tokenizer):
     batch, answers, responses = tiny_rollouts(model, tokenizer, [[True] * 4, [True] * 3])
     calls = []
-    context = policy_context(model, tokenizer, answers, responses)
-    context.response_logprobs = lambda *rows: calls.append(rows)  # no rejected rollout: no teacher pass needed
+    context = policy_context(policy_passes(model), tokenizer, answers, responses)
+    context.response_logprobs = lambda rows: calls.append(rows) or torch.zeros(rows.response_ids.shape)
+    # no rejected rollout: the teacher passes see no rows
     cepo = build_objective("cepo")
     batch = prepared(cepo, batch, context)
-    assert calls == [] and bool((batch.extras[WEIGHTS] == 1).all())
+    assert all(len(rows) == 0 for rows in calls) and bool((batch.extras[WEIGHTS] == 1).all())
     # all-correct groups have A = 0; give them a non-zero advantage to compare gradients that are not zero
     batch = batch.with_advantages(torch.linspace(-1, 1, len(batch)))
     batch.extras[ADVANTAGE_SIGN] = torch.sign(batch.advantages)
@@ -203,11 +198,11 @@ def test_cepo_without_rejected_rollouts_is_the_clipped_surrogate(model, tokenize
 def test_cepo_weights_bounds_and_no_gradient_through_teacher_passes(model, tokenizer):
     batch, answers, responses = tiny_rollouts(model, tokenizer, [[True, False, True, False], [False, True, False],
                                                                  [True, True]])
-    context = policy_context(model, tokenizer, answers, responses)
+    context = policy_context(policy_passes(model), tokenizer, answers, responses)
     teacher_outputs = []
 
-    def differentiable_teacher(*rows):  # a context that forgets no_grad: CEPO itself must stop the gradient
-        out = policy_forward(model, *rows)[0]
+    def differentiable_teacher(rows):  # a context that forgets no_grad: CEPO itself must stop the gradient
+        out = policy_passes(model).logprobs(rows)[0]
         teacher_outputs.append(out)
         return out
 
@@ -227,7 +222,7 @@ def test_cepo_weights_bounds_and_no_gradient_through_teacher_passes(model, token
     loss, grads = loss_and_grads(cepo, batch, model)
     fixed = cepo.token_advantages(batch, batch.old_logprobs).detach()
     model.zero_grad(set_to_none=True)
-    logprobs = logprob_fn(model)(batch)
+    logprobs = policy_passes(model).logprobs(batch)[0]
     ratio = torch.exp(logprobs - batch.old_logprobs)
     token = -torch.minimum(ratio * fixed, torch.clamp(ratio, 0.8, 1.28) * fixed)
     manual = ((token * batch.response_mask).sum(-1) / batch.lengths).mean()
@@ -240,8 +235,8 @@ def test_cepo_lambda_schedule_and_skip_after_warmup(model, tokenizer):
     cepo = build_objective("cepo")
     assert [cepo.evidence_lambda(s) for s in (0, 5, 25, 40)] == [1.0, 0.8, 0.0, 0.0]
     batch, answers, responses = tiny_rollouts(model, tokenizer, [[True, False, False]])
-    context = policy_context(model, tokenizer, answers, responses, step=25)
-    context.response_logprobs = lambda *rows: pytest.fail("no teacher pass once lambda is 0")
+    context = policy_context(policy_passes(model), tokenizer, answers, responses, step=25)
+    context.response_logprobs = lambda rows: pytest.fail("no teacher pass once lambda is 0")
     assert bool((cepo.prepare(batch, context).extras[WEIGHTS] == 1).all())
 
 
@@ -254,9 +249,9 @@ def test_cepo_spliced_prompts_hold_the_right_answers(model, tokenizer):
         assert worst[row] == torch.nonzero(rejected).flatten()[scores[rejected].argmin()]
     cepo = build_objective("cepo", {"answer_hint": " (answer: {answer})"})
     recorded = []
-    context = policy_context(model, tokenizer, answers, responses)
-    context.response_logprobs = lambda p, m, r, rm: recorded.append((p, m)) or torch.zeros(r.shape)
-    context.micro_batch_size = 100
+    context = policy_context(policy_passes(model), tokenizer, answers, responses)
+    context.response_logprobs = lambda rows: recorded.append((rows.prompt_ids, rows.prompt_mask)) or torch.zeros(
+        rows.response_ids.shape)
     cepo.prepare(batch, context)
     (pos_ids, pos_mask), (neg_ids, neg_mask) = recorded
     for row in range(len(batch)):

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conspo import RolloutBatch, accumulate_gradients, build_objective
+from conspo.objective import RowChunks
 
 T = 7
 GROUP_SIZES = (3, 3, 6, 3)  # pass rates like 1/3 and 2/3 are not float32 numbers
@@ -48,13 +49,13 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
 
 
-def objective_value_and_gradient(name, params, batch, logprobs, micro_batch_size):
-    """The objective through the trainer's path: advantages, then `accumulate_gradients` over micro-batches."""
+def objective_value_and_gradient(name, params, batch, logprobs, rows):
+    """The objective through the trainer's path: advantages, then `accumulate_gradients` over micro-batches of
+    `rows` rows."""
     objective = build_objective(name, params)
     batch = batch.with_advantages(objective.advantages(batch.rewards, batch.group_ids))
     leaf = logprobs.clone().requires_grad_(True)
-    loss, _ = accumulate_gradients(objective, batch, lambda mb: leaf[mb.extras["row"]],
-                                   micro_batch_size=micro_batch_size, progress=0.5)
+    loss, _ = accumulate_gradients(objective, batch, RowChunks(lambda mb: leaf[mb.extras["row"]], rows), progress=0.5)
     return loss, leaf.grad, batch.advantages
 
 
@@ -73,7 +74,7 @@ def test_sapo_in_float64_is_its_formula(seed):
     batch, logprobs = float64_batch(seed)
     tau_pos, tau_neg = 1.0, 1.05
     loss, grad, advantages = objective_value_and_gradient("sapo", {"tau_pos": tau_pos, "tau_neg": tau_neg}, batch,
-                                                          logprobs, micro_batch_size=4)
+                                                          logprobs, rows=4)
     leaf = logprobs.clone().requires_grad_(True)
     a = group_advantage_formula(batch)[:, None]
     tau = torch.where(a > 0, torch.tensor(tau_pos, dtype=torch.float64), torch.tensor(tau_neg, dtype=torch.float64))
@@ -91,7 +92,7 @@ def test_grpo_weights_of_accumulate_gradients_in_float64_are_its_formula(seed):
     """GRPO's gradient, micro-batch by micro-batch, against the whole-batch formula: the per-rollout coefficient
     -A_i / (N L_i) must be a float64 number."""
     batch, logprobs = float64_batch(seed)
-    loss, grad, advantages = objective_value_and_gradient("grpo", {}, batch, logprobs, micro_batch_size=5)
+    loss, grad, advantages = objective_value_and_gradient("grpo", {}, batch, logprobs, rows=5)
     assert advantages.dtype == torch.float64 and relative_error(advantages, group_advantage_formula(batch)) <= RTOL
     leaf = logprobs.clone().requires_grad_(True)
     a = group_advantage_formula(batch)[:, None]
@@ -108,7 +109,7 @@ def test_grpo_weights_of_accumulate_gradients_in_float64_are_its_formula(seed):
 def test_conspo_eq8_in_float64_is_its_formula(seed):
     """ConSPO's Eq. 8 ablation: sqrt(p(1-p)) (mean_pos s - mean_neg s) per group, p = N+/G in float64."""
     batch, logprobs = float64_batch(seed)
-    loss, grad, _ = objective_value_and_gradient("conspo_no_contrastive", {}, batch, logprobs, micro_batch_size=4)
+    loss, grad, _ = objective_value_and_gradient("conspo_no_contrastive", {}, batch, logprobs, rows=4)
     leaf = logprobs.clone().requires_grad_(True)
     mask = batch.response_mask.double()
     scores = (leaf * mask).sum(-1) / mask.sum(-1)

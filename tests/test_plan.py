@@ -139,6 +139,7 @@ def test_cluster_resources_per_model_size(paper):
 def test_without_an_accelerate_config_gpu_training_is_ddp_and_a_missing_file_is_refused():
     config = load_config("paper.yaml")
     del config["models"]["DeepSeek-R1-Distill-Qwen-1.5B"]["resources"]["train"]["accelerate_config"]
+    config["training"]["train"]["gradient_checkpointing"] = True  # DDP: checkpointing is the trainer's (memory plan)
     command = make_plan(copy.deepcopy(config)).train_command(f"{R15}--conspo", "run.yaml", "")
     assert command.startswith("accelerate launch --multi_gpu --num_machines 1 --num_processes 8")
     config["models"]["DeepSeek-R1-Distill-Qwen-1.5B"]["resources"]["train"]["accelerate_config"] = "config/none.yaml"

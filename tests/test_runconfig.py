@@ -26,7 +26,7 @@ def inputs(tmp_path):
 def raw(inputs, **sections):
     model, data = inputs
     config = {"model": {"path": model}, "data": {"train": data}, "method": {"name": "conspo"},
-              "train": {"prompts_per_step": 4, "micro_batch_size": 8}, "rollout": {"group_size": 4}}
+              "train": {"prompts_per_step": 4}, "rollout": {"group_size": 4}}
     for key, value in sections.items():
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
     return config
@@ -41,7 +41,7 @@ def test_defaults_are_filled_and_the_paper_values_kept(inputs):
 
 def test_yaml_file_with_numbers_written_without_a_dot(inputs, tmp_path):
     path = tmp_path / "run.yaml"
-    text = yaml.safe_dump(raw(inputs)).replace("micro_batch_size: 8", "micro_batch_size: 8\n  lr: 2e-6")
+    text = yaml.safe_dump(raw(inputs)).replace("prompts_per_step: 4", "prompts_per_step: 4\n  lr: 2e-6")
     path.write_text(text)
     assert load_config(path).train.lr == 2e-6
 
@@ -62,7 +62,9 @@ def test_yaml_file_with_numbers_written_without_a_dot(inputs, tmp_path):
     ({"train": {"rollouts_per_step": 18}}, "train.rollouts_per_step"),  # not a multiple of G=4
     ({"train": {"rollouts_per_step": 20}}, "train.rollouts_per_step"),  # a multiple of G, != prompts * G
     ({"train": {"mini_batches_per_step": 3}}, "train.mini_batches_per_step"),  # 4 prompts into 3 mini-batches
-    ({"train": {"micro_batch_size": 3}}, "train.micro_batch_size"),  # 16 rollouts into micro-batches of 3
+    ({"train": {"micro_batch_size": 8}}, "train.micro_batch_size"),  # retired: micro-batches are sized in tokens
+    ({"train": {"max_tokens_per_micro_batch": 9000}}, "train.max_tokens_per_micro_batch"),  # < 1024 + 8192
+    ({"train": {"logit_chunk_tokens": 0}}, "train.logit_chunk_tokens"),
     ({"rollout": {"prompts_per_generation": 3}}, "rollout.prompts_per_generation"),
     ({"overlong_shaping": {"enabled": True, "buffer": 9000}}, "overlong_shaping.buffer"),
 ])
@@ -79,14 +81,11 @@ def test_missing_required_keys_are_named(inputs):
         parse_config(config)
 
 
-def test_world_size_must_keep_groups_and_micro_batches_whole(inputs):
-    cfg = parse_config(raw(inputs, train={"prompts_per_step": 6, "micro_batch_size": 4}))
-    check_world_size(cfg, 2)  # 3 prompts x 4 rollouts per rank, micro-batches of 4
+def test_world_size_must_keep_groups_whole(inputs):
+    cfg = parse_config(raw(inputs, train={"prompts_per_step": 6}))
+    check_world_size(cfg, 2)  # 3 prompts x 4 rollouts per rank
     with pytest.raises(ConfigError, match=r"^train\.prompts_per_step"):
         check_world_size(cfg, 4)
-    cfg = parse_config(raw(inputs, train={"prompts_per_step": 6, "micro_batch_size": 8}))
-    with pytest.raises(ConfigError, match=r"^train\.micro_batch_size"):
-        check_world_size(cfg, 2)  # 12 rollouts per rank do not split into micro-batches of 8
 
 
 def test_every_registered_method_parses(inputs):

@@ -56,11 +56,16 @@ def run_config(tiny, **train_overrides):
         "model": {"path": str(tiny["model"])},
         "data": {"train": str(tiny["train"])},
         "method": {"name": method},
-        "rollout": {"group_size": 4, "max_new_tokens": 40, "prompts_per_generation": 2, **rollout},
-        "train": {"prompts_per_step": 4, "micro_batch_size": 8, "total_steps": 1, "lr": 1e-3,
+        "rollout": {"group_size": 4, "max_new_tokens": 40, "max_prompt_tokens": 96, "prompts_per_generation": 2,
+                    **rollout},
+        "train": {"prompts_per_step": 4, "total_steps": 1, "lr": 1e-3,
                   "checkpoint_every": 1, **train_overrides},
         "verifier": {"workers": 1},
     }
+
+
+# tiny prompts are 79-88 tokens, responses at most 40: rows of about 120 tokens, a few per micro-batch
+SMALL_MICRO_BATCHES = {"max_tokens_per_micro_batch": 512}
 
 
 def metrics(out):
@@ -95,7 +100,7 @@ def test_on_policy_steps_skip_the_old_logprob_pass_with_the_same_result(tiny, tm
     objective = type(build_objective(method))
 
     def run(out):
-        train(parse_config(run_config(tiny, method=method, total_steps=2, micro_batch_size=16)), out)
+        train(parse_config(run_config(tiny, method=method, total_steps=2)), out)  # 16 rows: one micro-batch
         return metrics(out), final_weights(out)
 
     skipped, skipped_weights = run(tmp_path / "skipped")
@@ -110,8 +115,7 @@ def test_on_policy_steps_skip_the_old_logprob_pass_with_the_same_result(tiny, tm
 
 def test_ppo_mini_batches_dynamic_sampling_and_overlong_shaping(tiny, tmp_path):
     cfg = parse_config(run_config(tiny, method="dapo", total_steps=2, mini_batches_per_step=2, ppo_epochs=2,
-                                  micro_batch_size=4, lr=1e-2, lr_schedule="cosine", warmup_steps=1,
-                                  rollout={"max_new_tokens": 40}) | {
+                                  **SMALL_MICRO_BATCHES, lr=1e-2, lr_schedule="cosine", warmup_steps=1) | {
         "dynamic_sampling": {"enabled": True, "max_rounds": 2},
         "overlong_shaping": {"enabled": True, "buffer": 4, "penalty": 1.0}})
     train(cfg, tmp_path)
@@ -176,8 +180,8 @@ def test_two_gloo_processes_make_the_one_process_first_update(tiny, tmp_path, me
     # Adam's first step is ~lr * sign(g) for |g| >> eps: a gradient entry within float noise of 0 would move by a
     # visible, noise-decided fraction of lr (seen: 17% of the update in one CI run). With eps = 1e-3 entries that
     # small move linearly in g, so the weights compare the gradients themselves.
-    raw = run_config(tiny, method=method, total_steps=1, prompts_per_step=4, micro_batch_size=4, adam_eps=1e-3,
-                     rollout={"group_size": 8})  # 4 micro-batches per rank
+    raw = run_config(tiny, method=method, total_steps=1, prompts_per_step=4, adam_eps=1e-3,
+                     **SMALL_MICRO_BATCHES, rollout={"group_size": 8})  # 4+ per rank
     config_path = tmp_path / "run.yaml"
     config_path.write_text(yaml.safe_dump(raw))
     one = subprocess.run(cli(config_path, tmp_path / "one", [sys.executable]), env=env(), cwd=REPO,
@@ -249,7 +253,7 @@ def test_a_deepspeed_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_
     import psutil  # a DeepSpeed dependency
 
     steps = 6
-    raw = run_config(tiny, method="conspo", total_steps=steps, prompts_per_step=4, micro_batch_size=4,
+    raw = run_config(tiny, method="conspo", total_steps=steps, prompts_per_step=4, **SMALL_MICRO_BATCHES,
                      rollout={"group_size": 8})
     config_path = tmp_path / "run.yaml"
     config_path.write_text(yaml.safe_dump(raw))
@@ -309,7 +313,7 @@ def base_accuracy(model_path: str) -> list[float]:
 
 
 def learning_run(tiny, out, method, steps, lr):
-    cfg = parse_config(run_config(tiny, method=method, total_steps=steps, prompts_per_step=16, micro_batch_size=32,
+    cfg = parse_config(run_config(tiny, method=method, total_steps=steps, prompts_per_step=16,
                                   lr=lr, checkpoint_every=steps, rollout={"group_size": 8, "max_new_tokens": 40,
                                                                           "prompts_per_generation": 16}))
     train(cfg, out)

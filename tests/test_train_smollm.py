@@ -28,7 +28,8 @@ def test_two_conspo_steps_on_smollm2_with_math500_prompts(smollm2_path, tmp_path
         "data": {"train": str(root / "math500.jsonl")},
         "method": {"name": "conspo"},
         "rollout": {"group_size": 2, "max_new_tokens": 24, "max_prompt_tokens": 512},
-        "train": {"prompts_per_step": 2, "micro_batch_size": 2, "total_steps": 2, "lr": 1e-6, "checkpoint_every": 2},
+        "train": {"prompts_per_step": 2, "max_tokens_per_micro_batch": 1024, "total_steps": 2, "lr": 1e-6,
+                  "checkpoint_every": 2},
         "verifier": {"workers": 1},
     })
     out = root / "run"
