@@ -662,7 +662,7 @@ def model_folder_problem(path: str) -> str | None:
         return f"no folder {path!r}"
     missing = [what for what, patterns in (("config.json", ["config.json"]),
                                            ("safetensors weights", ["*.safetensors", "*.safetensors.index.json"]),
-                                           ("a tokenizer", ["tokenizer.json", "tokenizer.model", "vocab.json"]))
+                                           ("tokenizer files", ["tokenizer.json", "tokenizer.model", "vocab.json"]))
                if not any(any(folder.glob(pattern)) for pattern in patterns)]
     return f"{path!r} has no {', no '.join(missing)}" if missing else None
 
