@@ -133,6 +133,7 @@ class Plan:
         self._benchmarks_of_run: dict[str, list[str]] = {}
         self._cells: dict[str, list[dict]] = {}
         self._sweeps: dict[str, list[dict]] = {}
+        self._known: dict = {}  # (section, name) -> normalised problems known at parse time (_problems)
         self._check_references()
         self._check_models()
         self._check_data()
@@ -277,9 +278,6 @@ class Plan:
         (`exclude_benchmarks`) or the table says the overlap is meant (`allow_overlap`). Shared problems are found
         from the records' index ranges (the same source sliced twice, e.g. MATH500 from PyPI) and, where both sets
         are known (synthetic, or already prepared), from their normalised problem texts."""
-        from .data import record_rows
-
-        self._known: dict = {}
         for table, spec in self.tables.items():
             if spec.get("allow_overlap", False):
                 continue
@@ -288,23 +286,27 @@ class Plan:
                 if self.datasets[dataset].get("exclude_benchmarks", False):
                     continue
                 for bench in spec["benchmarks"]:
-                    train_rows = record_rows(self.datasets[dataset]["prepare"])
-                    bench_rows = record_rows(self.benchmarks[bench]["prepare"])
-                    shared = None
-                    if train_rows and bench_rows and train_rows[0] == bench_rows[0] and ranges_meet(
-                            train_rows[1:], bench_rows[1:]):
-                        shared = f"both take records of {train_rows[0][0]} from source {train_rows[0][1]}: " \
-                                 f"{range_text(train_rows[1:])} and {range_text(bench_rows[1:])}"
-                    else:
-                        train, test = self._problems("datasets", dataset), self._problems("benchmarks", bench)
-                        if train is not None and test is not None and train & test:
-                            shared = f"{len(train & test)} problems in common"
+                    shared = self._shared_problems(dataset, bench)
                     if shared is not None:
                         raise PlanError(f"tables.{table}.blocks[{i}].dataset: training set {dataset!r} shares problems "
                                         f"with the table's benchmark {bench!r} ({shared}); set "
                                         f"datasets.{dataset}.prepare.offset past them or "
                                         f"datasets.{dataset}.exclude_benchmarks: true, or, if meant, "
                                         f"tables.{table}.allow_overlap: true")
+
+    def _shared_problems(self, dataset: str, bench: str) -> str | None:
+        """How a training set and a benchmark are known to share problems, or None."""
+        from .data import record_rows
+
+        train_rows = record_rows(self.datasets[dataset]["prepare"])
+        bench_rows = record_rows(self.benchmarks[bench]["prepare"])
+        if train_rows and bench_rows and train_rows[0] == bench_rows[0] and ranges_meet(train_rows[1:], bench_rows[1:]):
+            return (f"both take records of {train_rows[0][0]} from source {train_rows[0][1]}: "
+                    f"{range_text(train_rows[1:])} and {range_text(bench_rows[1:])}")
+        train, test = self._problems("datasets", dataset), self._problems("benchmarks", bench)
+        if train is not None and test is not None and train & test:
+            return f"{len(train & test)} problems in common"
+        return None
 
     def _check_methods(self) -> None:
         """Each method's parameters, and each value of a Figure 2 sweep, through the objective's own checks (types
