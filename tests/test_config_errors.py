@@ -143,7 +143,8 @@ CORPUS = [
     ("n_prompts against the prepared file", hub_dataset(prepared_lines=60), "datasets.DeepScaleR-Preview.n_prompts"),
     ("unknown key inside a benchmark's prepare", setting("benchmarks.MATH500.prepare.foo", 1),
      "benchmarks.MATH500.prepare.foo"),
-    ("a negative offset", setting("datasets.DAPO-Math-17k.prepare.offset", -1), "datasets.DAPO-Math-17k.prepare.offset"),
+    ("a negative offset", setting("datasets.DAPO-Math-17k.prepare.offset", -1),
+     "datasets.DAPO-Math-17k.prepare.offset"),
     ("unknown option of the tiny model build", setting("models.tiny-b.build.stepz", 10), "models.tiny-b.build.stepz"),
     # ------------------------------------------------------------------ own model and data
     ("a missing local model folder", setting("models.tiny-a", {"source": "local", "path": "models/mine",

@@ -121,7 +121,8 @@ def test_the_table_marks_runs_without_signal_and_bolds_no_method_on_the_tie(zero
     zeros = {row: [0] * 8 for row in (BASE_MODEL, "GRPO", "ConSPO")}
     markdown = render_table(tmp_path / "zero", {m: out / "done.json" for m, out in runs.items()}, zeros)
     cells = rows_of(markdown)
-    assert cells["GRPO"].startswith(f"0.0{NO_SIGNAL_MARK} ± 0.0") and cells["ConSPO"].startswith(f"0.0{NO_SIGNAL_MARK}")
+    assert cells["GRPO"].startswith(f"0.0{NO_SIGNAL_MARK} ± 0.0")
+    assert cells["ConSPO"].startswith(f"0.0{NO_SIGNAL_MARK} ± 0.0")
     assert not cells[BASE_MODEL].startswith(f"0.0{NO_SIGNAL_MARK}")
     assert not any("**" in cell or "<u>" in cell for cell in cells.values())  # nobody is "best" on the tie
     assert f"{NO_SIGNAL_MARK} GRPO on tiny learned nothing, so it is not ranked: 2 of 2 steps had no group" in markdown
