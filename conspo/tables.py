@@ -18,8 +18,8 @@ block and column the best value is bold and the runner-up underlined (on the dis
 share the mark; base-model rows are not ranked, nor are rows whose run learned nothing, and a tie of every ranked
 row marks none). A row whose training run learned nothing (conspo.learning: most steps without a reward signal, or
 weights that never moved; any of its seeds) carries the mark †, and a note under the table says why. The last
-checkpoint's table (and the validated one when the config names a validation benchmark) and the verdicts follow; the verdict plot shows the intervals beside the paper's
-claimed differences.
+checkpoint's table (and the validated one when the config names a validation benchmark) and the verdicts follow;
+the verdict plot shows the intervals beside the paper's claimed differences.
 """
 
 from __future__ import annotations
