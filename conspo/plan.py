@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import re
 import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,7 +128,7 @@ class Plan:
         self.benchmarks: dict = config["benchmarks"]
         self.methods: dict = config["methods"]
         self.tables: dict = config["tables"]
-        self.figures: dict = config["figures"]
+        self.figures: dict = config.get("figures") or {}
         self.seeds: list[int] = list(config.get("seeds") or [config["seed"]])
         self.validation: str | None = config.get("selection", {}).get("validation")
         self.runs: dict[str, Run] = {}
@@ -135,8 +136,11 @@ class Plan:
         self._benchmarks_of_run: dict[str, list[str]] = {}
         self._cells: dict[str, list[dict]] = {}
         self._sweeps: dict[str, list[dict]] = {}
+        self._known: dict = {}  # (section, name) -> normalised problems known at parse time (_problems)
         self._check_references()
+        self._check_models()
         self._check_data()
+        self._check_overlap()
         self._check_methods()
         self._plan_tables()
         self._plan_figures()
@@ -244,6 +248,81 @@ class Plan:
             if found is not None and found != spec["n_prompts"]:
                 raise PlanError(f"datasets.{name}.n_prompts: {spec['n_prompts']}, but {where} {found} prompts "
                                 "(n_prompts fixes every run's steps and checkpoints)")
+
+    def _check_models(self) -> None:
+        """A local model (`source: local`) is used where it is: its folder must hold a config, safetensors weights
+        and a tokenizer before any job runs."""
+        for model, spec in self.models.items():
+            if spec["source"] == "local":
+                problem = model_folder_problem(spec["path"])
+                if problem is not None:
+                    raise PlanError(f"models.{model}.path: {problem} (a folder with config.json, *.safetensors "
+                                    "weights and the tokenizer's files; relative paths start at the repository root)")
+
+    def _problems(self, section: str, name: str, prepared_files: bool = True) -> set[str] | None:
+        """The normalised problem texts of a training set or benchmark when known at parse time: a synthetic source
+        (generated now, cheaply) or, with `prepared_files`, a file already prepared; None otherwise."""
+        from .data import load_records, normalised_problem, read_jsonl
+
+        if (section, name) not in self._known:
+            spec = self.config[section][name]
+            prepared = Path(self.train_data(name) if section == "datasets" else self.benchmark_data(name))
+            records = None
+            if spec["prepare"]["source"] == "synthetic" and not spec.get("exclude_benchmarks", False):
+                options = {k: v for k, v in spec["prepare"].items() if k not in ("dataset", "source")}
+                records = load_records(spec["prepare"]["dataset"], "synthetic", **options)
+            elif prepared.is_file():
+                records = read_jsonl(prepared)
+            self._known[(section, name)] = (None if records is None else {normalised_problem(r["problem"])
+                                                                          for r in records}, records is not None
+                                            and spec["prepare"]["source"] != "synthetic")
+        problems, from_file = self._known[(section, name)]
+        return None if from_file and not prepared_files else problems
+
+    def _check_overlap(self) -> None:
+        """Refuse a table whose training set shares problems with one of its benchmarks (training on test problems
+        inflates every trained row), unless the training set excludes the evaluated benchmarks
+        (`exclude_benchmarks`) or the table says the overlap is meant (`allow_overlap`). Shared problems are found
+        from the records' index ranges (the same source sliced twice, e.g. MATH500 from PyPI) and from the normalised
+        problem texts of synthetic sets. Overlap that only files prepared from the Hub show is a warning on every
+        parse, not a refusal: the files appear mid-DAG, where a refusal would stop every later cluster job."""
+        for table, spec in self.tables.items():
+            if spec.get("allow_overlap", False):
+                continue
+            for i, block in enumerate(spec["blocks"]):
+                dataset = block["dataset"]
+                if self.datasets[dataset].get("exclude_benchmarks", False):
+                    continue
+                for bench in spec["benchmarks"]:
+                    shared = self._shared_problems(dataset, bench, prepared_files=False)
+                    if shared is None and self._shared_problems(dataset, bench) is not None:
+                        # only the prepared files show it: refusing now would stop a running DAG (every cluster job
+                        # parses the workflow again) after the data was prepared, so it is said on every parse
+                        print(f"WARNING tables.{table}.blocks[{i}].dataset: training set {dataset!r} shares "
+                              f"{self._shared_problems(dataset, bench)} with the table's benchmark {bench!r} "
+                              f"(prepared files); see datasets.{dataset}.exclude_benchmarks", file=sys.stderr)
+                    if shared is not None:
+                        raise PlanError(f"tables.{table}.blocks[{i}].dataset: training set {dataset!r} shares problems "
+                                        f"with the table's benchmark {bench!r} ({shared}); set "
+                                        f"datasets.{dataset}.prepare.offset past them or "
+                                        f"datasets.{dataset}.exclude_benchmarks: true, or, if meant, "
+                                        f"tables.{table}.allow_overlap: true")
+
+    def _shared_problems(self, dataset: str, bench: str, prepared_files: bool = True) -> str | None:
+        """How a training set and a benchmark are known to share problems (from their sources' index ranges, from
+        synthetic texts, and with `prepared_files` from files already prepared), or None."""
+        from .data import record_rows
+
+        train_rows = record_rows(self.datasets[dataset]["prepare"])
+        bench_rows = record_rows(self.benchmarks[bench]["prepare"])
+        if train_rows and bench_rows and train_rows[0] == bench_rows[0] and ranges_meet(train_rows[1:], bench_rows[1:]):
+            return (f"both take records of {train_rows[0][0]} from source {train_rows[0][1]}: "
+                    f"{range_text(train_rows[1:])} and {range_text(bench_rows[1:])}")
+        train = self._problems("datasets", dataset, prepared_files)
+        test = self._problems("benchmarks", bench, prepared_files)
+        if train is not None and test is not None and train & test:
+            return f"{len(train & test)} problems in common"
+        return None
 
     def _check_methods(self) -> None:
         """Each method's parameters, and each value of a Figure 2 sweep, through the objective's own checks (types
@@ -382,7 +461,9 @@ class Plan:
 
     # ------------------------------------------------------------------------------------------ paths
     def model_dir(self, model: str) -> str:
-        return f"{self.results}/models/{slug(model)}"
+        """The model's folder: a local model's own (used in place), else where preparation writes it."""
+        spec = self.models[model]
+        return spec["path"] if spec["source"] == "local" else f"{self.results}/models/{slug(model)}"
 
     def train_data(self, dataset: str) -> str:
         return f"{self.results}/data/train/{slug(dataset)}.jsonl"
@@ -402,6 +483,18 @@ class Plan:
     def selection(self, run: str) -> str:
         return f"{self.results}/selected/{run}.json"
 
+    def evaluated_benchmarks(self) -> list[str]:
+        """Every benchmark some job evaluates (a run's checkpoints, a base model, checkpoint selection)."""
+        wanted = {b for run in self.runs for b in self.run_benchmarks(run)}
+        wanted |= {b for model in self.models for b in self.base_benchmarks(model)}
+        return [b for b in self.benchmarks if b in wanted]
+
+    def excluded_benchmarks(self, dataset: str) -> list[str]:
+        """The prepared benchmark files whose problems a training set leaves out (`exclude_benchmarks`)."""
+        if not self.datasets[dataset].get("exclude_benchmarks", False):
+            return []
+        return [self.benchmark_data(b) for b in self.evaluated_benchmarks()]
+
     def validation_check(self, run: str) -> list[str]:
         """The record that the validation benchmark shares no problem with a run's training set (none when the
         config names no validation benchmark)."""
@@ -414,8 +507,11 @@ class Plan:
 
     # ------------------------------------------------------------------------------------------ questions
     def model_command(self, model: str) -> str:
-        """How a model folder comes to be: a Hub download, a tiny model built and warm-started, or SmolLM2."""
+        """How a model folder comes to be: a Hub download (files already there are kept), a tiny model built and
+        warm-started, or SmolLM2 converted (a finished conversion is kept). A local model needs no job."""
         spec, out = self.models[model], shlex.quote(self.model_dir(model))
+        if spec["source"] == "local":
+            raise ValueError(f"models.{model}: a local model is used in place, it is not prepared")
         if spec["source"] == "hub":
             return f"hf download {shlex.quote(spec['id'])} --local-dir {out}"
         if spec["source"] == "tiny":
@@ -492,7 +588,8 @@ class Plan:
         cells = []
         for cell in self._cells[table]:
             cell = dict(cell, seeds=[self.runs[run].seed for run in cell["runs"]],
-                        selections=[self.selection(run) for run in cell["runs"]])
+                        selections=[self.selection(run) for run in cell["runs"]],
+                        trained=[f"{self.run_dir(run)}/done.json" for run in cell["runs"]])
             if not cell["runs"]:
                 cell["metrics"] = {b: self.base_metrics(cell["model"], b) for b in spec["benchmarks"]}
             cells.append(cell)
@@ -507,7 +604,7 @@ class Plan:
         spec = self.table_spec(table)
         files = []
         for cell in spec["cells"]:
-            files += cell["selections"] or list(cell["metrics"].values())
+            files += cell["selections"] + cell["trained"] or list(cell["metrics"].values())
         return files
 
     def figure_spec(self, figure: str) -> dict:
@@ -574,6 +671,27 @@ class Plan:
         """Job counts of the whole plan (what a dry run of `tables` schedules)."""
         return {"runs": len(self.runs), "evaluations": len(self.evaluations()),
                 "base_evaluations": len(self.base_evaluations())}
+
+
+def model_folder_problem(path: str) -> str | None:
+    """What a model folder lacks to be loaded (config, safetensors weights, tokenizer), or None if nothing."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return f"no folder {path!r}"
+    missing = [what for what, patterns in (("config.json", ["config.json"]),
+                                           ("safetensors weights", ["*.safetensors", "*.safetensors.index.json"]),
+                                           ("tokenizer files", ["tokenizer.json", "tokenizer.model", "vocab.json"]))
+               if not any(any(folder.glob(pattern)) for pattern in patterns)]
+    return f"{path!r} has no {', no '.join(missing)}" if missing else None
+
+
+def ranges_meet(a: tuple[int, int | None], b: tuple[int, int | None]) -> bool:
+    """Whether index ranges [start, end) (end None: to the end) intersect."""
+    return (a[1] is None or b[0] < a[1]) and (b[1] is None or a[0] < b[1])
+
+
+def range_text(rows: tuple[int, int | None]) -> str:
+    return f"records {rows[0]}-{'end' if rows[1] is None else rows[1] - 1}"
 
 
 def _note(log: str | None, path: str) -> None:

@@ -78,14 +78,10 @@ def select(run: str, metric_files: list[str], validation: str | None = None) -> 
             "history": history, **{choice: checkpoint(point) for choice, point in chosen.items()}}
 
 
-def normalised_problem(text: str) -> str:
-    return " ".join(text.lower().split())
-
-
 def check_validation(train: str, validation: str) -> dict:
     """Refuse (ValueError naming both files and the first shared problem) a validation set that shares a problem
     with the training prompts; otherwise return the counts."""
-    from .data import read_jsonl
+    from .data import normalised_problem, read_jsonl
 
     prompts = {normalised_problem(record["problem"]) for record in read_jsonl(train)}
     records = read_jsonl(validation)

@@ -15,9 +15,11 @@ every other row, per benchmark and on the average, for every checkpoint choice: 
 each cell shows the reproduced value at the best checkpoint ± its standard error, and the paper's value with the
 difference, or says that the paper has no such cell; in HTML each cell's hover text gives every seed's value. Per
 block and column the best value is bold and the runner-up underlined (on the displayed one-decimal values, ties
-share the mark; base-model rows are not ranked). The last checkpoint's table (and the validated one when the config
-names a validation benchmark) and the verdicts follow; the verdict plot shows the intervals beside the paper's
-claimed differences.
+share the mark; base-model rows are not ranked, nor are rows whose run learned nothing, and a tie of every ranked
+row marks none). A row whose training run learned nothing (conspo.learning: most steps without a reward signal, or
+weights that never moved; any of its seeds) carries the mark †, and a note under the table says why. The last
+checkpoint's table (and the validated one when the config names a validation benchmark) and the verdicts follow;
+the verdict plot shows the intervals beside the paper's claimed differences.
 """
 
 from __future__ import annotations
@@ -32,11 +34,12 @@ import numpy as np
 import pandas as pd
 
 from .atomic import write_text_atomic
+from .learning import NO_SIGNAL_MARK, learned_nothing
 from .plan import AVERAGE, BASE_MODEL
 from .significance import LEVEL, Term, compare, estimate
 
 CELL_COLUMNS = ["number", "model", "dataset", "method", "runs", "selection", "step", "benchmark", "metric", "value",
-                "se", "se_problems", "se_seeds", "se_generation", "seeds", "per_seed", "k", "n_problems"]
+                "se", "se_problems", "se_seeds", "se_generation", "seeds", "per_seed", "k", "n_problems", "no_signal"]
 PAIRED_COLUMNS = ["model", "dataset", "selection", "reference", "method", "benchmark", "difference", "se",
                   "se_problems", "se_seeds", "df", "low", "high", "level", "comparisons", "verdict", "seeds_measured",
                   "n_problems"]
@@ -75,6 +78,17 @@ def cell_checkpoints(cell: dict, choices: tuple[str, ...]) -> list[dict[str, dic
     return seeds
 
 
+def no_signal(cell: dict) -> str:
+    """Why a table row's training runs learned nothing ('' if each of them learned something), from their
+    done.json (conspo.learning)."""
+    reasons = []
+    for seed, path in zip(cell.get("seeds", []), cell.get("trained", [])):
+        reason = learned_nothing(_read_json(path))
+        if reason:
+            reasons.append(f"seed {seed}: {reason}" if len(cell["trained"]) > 1 else reason)
+    return "; ".join(reasons)
+
+
 def per_seed_rates(spec: dict, cell: dict, per_seed: list[dict], bench: str) -> tuple[np.ndarray, dict]:
     """[S, N] per-problem rates c/k of one benchmark over a row's seeds, and the first seed's metrics."""
     found = []
@@ -99,11 +113,12 @@ def aggregate(spec: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows, terms = [], {}
     for cell in spec["cells"]:
         checkpoints = cell_checkpoints(cell, choices)
+        silent = no_signal(cell)
         for choice in choices:
             chosen = [seed[choice] for seed in checkpoints]
             base = {"number": spec["number"], "model": cell["model"], "dataset": cell["dataset"],
                     "method": cell["method"], "runs": _joined(cell["runs"]), "selection": choice,
-                    "step": _joined(c["step"] for c in chosen), "seeds": len(chosen)}
+                    "step": _joined(c["step"] for c in chosen), "seeds": len(chosen), "no_signal": silent}
             rates = []
             for bench in spec["benchmarks"]:
                 bench_rates, first = per_seed_rates(spec, cell, chosen, bench)
@@ -198,8 +213,10 @@ def layout(spec: dict, cells: pd.DataFrame, published: dict, selection: str) -> 
             key = (block["model"], block["dataset"], method)
             if (*key, AVERAGE) not in lines:
                 raise ValueError(f"{spec['table']}: no cells for {method} on {block['model']}")
+            silent = lines[(*key, AVERAGE)].get("no_signal")
             row = {"model": block["model"], "dataset": block["dataset"], "method": method,
-                   "step": str(lines[(*key, AVERAGE)]["step"]), "seeds": seeds_of[key], "cells": {}}
+                   "step": str(lines[(*key, AVERAGE)]["step"]), "seeds": seeds_of[key], "cells": {},
+                   "no_signal": "" if not isinstance(silent, str) else silent}
             for bench, _ in columns_of(spec):
                 line = lines[(*key, bench)]
                 paper = published.get((spec["number"], block["model"], block["dataset"], method, bench))
@@ -215,16 +232,32 @@ def layout(spec: dict, cells: pd.DataFrame, published: dict, selection: str) -> 
 
 
 def mark_best(rows: list[dict], benchmarks: list[str]) -> None:
-    """Bold ('best') the highest displayed value per column and underline ('second') the next distinct one."""
-    ranked = [row for row in rows if row["method"] != BASE_MODEL]
+    """Bold ('best') the highest displayed value per column and underline ('second') the next distinct one, among
+    the trained rows whose run learned something; a column where all of them tie (more than one) marks none."""
+    ranked = [row for row in rows if row["method"] != BASE_MODEL and not row["no_signal"]]
     for bench in benchmarks:
         shown = sorted({round(row["cells"][bench]["value"], 1) for row in ranked}, reverse=True)
+        if len(shown) == 1 and len(ranked) > 1:
+            continue
         for row in ranked:
             value = round(row["cells"][bench]["value"], 1)
             if value == shown[0]:
                 row["cells"][bench]["mark"] = "best"
             elif len(shown) > 1 and value == shown[1]:
                 row["cells"][bench]["mark"] = "second"
+
+
+def shown_value(row: dict, cell: dict, bold: str, underline: str) -> str:
+    """A cell's value with its rank mark (`bold`/`underline`: format strings) and † for a run that learned
+    nothing."""
+    value = {"best": bold, "second": underline}.get(cell["mark"], "{}").format(f"{cell['value']:.1f}")
+    return value + (NO_SIGNAL_MARK if row["no_signal"] else "")
+
+
+def no_signal_notes(rows: list[dict]) -> list[str]:
+    """One sentence per row whose run learned nothing: which, and why."""
+    return [f"{NO_SIGNAL_MARK} {row['method']} on {row['model']} learned nothing, so it is not ranked: "
+            f"{row['no_signal']}." for row in rows if row["no_signal"]]
 
 
 def _comparison(cell: dict) -> str:
@@ -237,6 +270,8 @@ def seed_note(row: dict, cell: dict) -> str:
     """What the ± of a cell holds and, over several seeds, each seed's value (the HTML hover text)."""
     if row["method"] == BASE_MODEL:
         return f"base model, one evaluation: ± {cell['se']:.1f} over problems"
+    if row["no_signal"]:
+        return f"learned nothing: {row['no_signal']}"
     if len(row["seeds"]) == 1:
         return (f"seed {row['seeds'][0]} only: ± {cell['se']:.1f} over problems; run-to-run variance not measured "
                 "(one seed)")
@@ -257,6 +292,7 @@ def write_csv(spec: dict, cells: pd.DataFrame, published: dict, path: str) -> No
                                f"{header} per seed": SEPARATOR.join(f"{v:.2f}" for v in cell["per_seed"]),
                                f"{header} paper": cell["paper"],
                                f"{header} diff": None if cell["diff"] is None else round(cell["diff"], 2)})
+            record["learned nothing"] = row["no_signal"]  # why the run's cells are not ranked ('' if it learned)
             records.append(record)
     write_text_atomic(path, pd.DataFrame(records).to_csv(index=False))
 
@@ -334,11 +370,12 @@ def write_markdown(spec: dict, cells: pd.DataFrame, paired: pd.DataFrame, publis
                 texts = []
                 for bench, _ in columns_of(spec):
                     cell = row["cells"][bench]
-                    value = {"best": f"**{cell['value']:.1f}**", "second": f"<u>{cell['value']:.1f}</u>"}.get(
-                        cell["mark"], f"{cell['value']:.1f}")
-                    texts.append(f"{value} ± {cell['se']:.1f} ({_comparison(cell)})")
+                    texts.append(f"{shown_value(row, cell, '**{}**', '<u>{}</u>')} ± {cell['se']:.1f} "
+                                 f"({_comparison(cell)})")
                 lines.append(f"| {row['method']} | {row['step']} | " + " | ".join(texts) + " |")
             lines.append("")
+        notes = no_signal_notes(rows)
+        lines += [*notes, ""] if notes else []
     for selection in ("best", "validated"):
         rows = verdict_rows(spec, paired, published, selection) if spec.get("reference") else []
         if not rows:
@@ -378,13 +415,13 @@ def write_latex(spec: dict, cells: pd.DataFrame, published: dict, path: str) -> 
             texts = []
             for bench, _ in columns:
                 cell = row["cells"][bench]
-                value = {"best": rf"\textbf{{{cell['value']:.1f}}}", "second": rf"\underline{{{cell['value']:.1f}}}"}
-                value = value.get(cell["mark"], f"{cell['value']:.1f}")
+                value = shown_value(row, cell, r"\textbf{{{}}}", r"\underline{{{}}}").replace(NO_SIGNAL_MARK,
+                                                                                               r"$^\dagger$")
                 note = "n/p" if cell["paper"] is None else f"{cell['paper']:.1f}, {cell['diff']:+.1f}"
                 texts.append(rf"{value}{{\scriptsize$\pm${cell['se']:.1f}}} {{\tiny({note})}}")
             out.append(_latex_escape(row["method"]) + " & " + " & ".join(texts) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}}", r"\end{table}",
-            "% n/p: no published value for this cell", ""]
+            "% n/p: no published value for this cell", *(f"% {note}" for note in no_signal_notes(rows)), ""]
     write_text_atomic(path, "\n".join(out))
 
 
@@ -396,7 +433,7 @@ table.conspo th:first-child,table.conspo td:first-child{text-align:left}
 table.conspo tr.block th{text-align:center;font-style:italic;background:#f4f4f4}
 .se{color:#555;font-size:11px}.paper{display:block;color:#666;font-size:11px}
 .nopaper{display:block;color:#a60;font-size:11px}
-.better{color:#1a7f37}.worse{color:#c0392b}.interval{display:block;color:#555;font-size:11px}
+.nosignal{color:#a60}.better{color:#1a7f37}.worse{color:#c0392b}.interval{display:block;color:#555;font-size:11px}
 </style>"""
 
 
@@ -413,17 +450,18 @@ def _html_table(spec: dict, rows: list[dict], table_id: str) -> str:
             tds = []
             for bench, _ in columns:
                 cell = row["cells"][bench]
-                value = f"{cell['value']:.1f}"
-                value = {"best": f"<b>{value}</b>", "second": f"<u>{value}</u>"}.get(cell["mark"], value)
+                value = shown_value(row, cell, "<b>{}</b>", "<u>{}</u>")
                 note = (f'<span class="nopaper">{NO_PUBLISHED}</span>' if cell["paper"] is None else
                         f'<span class="paper">{html.escape(_comparison(cell))}</span>')
                 per_seed = SEPARATOR.join(f"{v:.2f}" for v in cell["per_seed"])
                 tds.append(f'<td data-benchmark="{html.escape(bench)}" data-per-seed="{per_seed}" '
                            f'title="{html.escape(seed_note(row, cell))}">{value}'
                            f' <span class="se">± {cell["se"]:.1f}</span>{note}</td>')
-            out.append(f'<tr data-method="{html.escape(row["method"])}"><td>{html.escape(row["method"])}</td>'
+            out.append(f'<tr data-method="{html.escape(row["method"])}" data-no-signal="{bool(row["no_signal"])}">'
+                       f'<td>{html.escape(row["method"])}</td>'
                        f"<td>{html.escape(row['step'])}</td>" + "".join(tds) + "</tr>")
     out.append("</tbody></table>")
+    out += [f'<p class="nosignal">{html.escape(note)}</p>' for note in no_signal_notes(rows)]
     return "\n".join(out)
 
 
@@ -451,7 +489,8 @@ def write_html(spec: dict, cells: pd.DataFrame, paired: pd.DataFrame, published:
              f"</head><body>", f"<h2>{html.escape(title)}</h2>",
              f"<p>Reproduced value at the best checkpoint. {html.escape(seeds_sentence(spec))} Below it the paper's "
              "value and the difference where the paper has the cell. <b>Bold</b>: best per column, "
-             "<u>underlined</u>: runner-up.</p>",
+             f"<u>underlined</u>: runner-up; {NO_SIGNAL_MARK}: the run learned nothing (not ranked; the note under "
+             "the table says why).</p>",
              _html_table(spec, layout(spec, cells, published, "best"), f"{spec['table']}-best")]
     for selection in selections(spec)[1:]:
         parts += [f"<h3>{html.escape(caption(spec, selection))}</h3>",
@@ -480,7 +519,8 @@ def render(spec: dict, cells: pd.DataFrame, paired: pd.DataFrame, published: dic
 
 
 def read_cells(path: str) -> pd.DataFrame:
-    return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"runs": str, "step": str, "per_seed": str})
+    return pd.read_csv(path, keep_default_na=False, na_values=[""],
+                       dtype={"runs": str, "step": str, "per_seed": str, "no_signal": str})
 
 
 def read_paired(path: str) -> pd.DataFrame:

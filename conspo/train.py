@@ -46,6 +46,7 @@ from .checkpoint import (SaveSchedule, latest_state, load_state, move_aside, sav
 from .data import format_prompt, read_jsonl
 from .distributed import collective_for, configure_deepspeed
 from .forward import ForwardStats, PolicyForward, output_head
+from .learning import signal_share, summarise_file
 from .losses import degenerate_fraction
 from .models import load_policy
 from .objective import Objective, RolloutContext, accumulate_gradients, build_objective, gradient_pass_suffices
@@ -452,6 +453,7 @@ def train(cfg: RunConfig, out: Path, replace_changed: bool = False) -> dict:
                 "reward": float(rewards.mean()),
                 "pass_rate": float(correct.mean()),
                 "degenerate_groups": degenerate_fraction(correct.bool(), groups),
+                "signal_groups": signal_share(rewards, groups),  # groups whose rewards differ (learning.py)
                 "response_length": float(lengths.mean()),
                 "response_length_max": float(lengths.max()),
                 "truncated": float(truncated.mean()),
@@ -475,9 +477,9 @@ def train(cfg: RunConfig, out: Path, replace_changed: bool = False) -> dict:
                     for key, value in record.items():
                         if isinstance(value, float) and math.isfinite(value):
                             writer.add_scalar(key, value, step + 1)
-                log.info("step %d/%d reward %.3f pass %.3f loss %.4f grad %.3f len %.1f %.1fs", step + 1, n_steps,
-                         record["reward"], record["pass_rate"], record["loss"], record["grad_norm"],
-                         record["response_length"], step_time)
+                log.info("step %d/%d reward %.3f pass %.3f signal %.2f loss %.4f grad %.3f len %.1f %.1fs", step + 1,
+                         n_steps, record["reward"], record["pass_rate"], record["signal_groups"], record["loss"],
+                         record["grad_norm"], record["response_length"], step_time)
                 bar.update(1)
                 bar.set_postfix(reward=f"{record['reward']:.3f}", loss=f"{record['loss']:.4f}")
             if step + 1 in saves:  # before the state: a state at N implies the checkpoint of N is there
@@ -491,6 +493,10 @@ def train(cfg: RunConfig, out: Path, replace_changed: bool = False) -> dict:
     done = {"steps": n_steps, "final_checkpoint": str(Path("checkpoints") / f"step-{n_steps:06d}"),
             "checkpoints": sorted(saves)}
     if accelerator.is_main_process:
+        done["learning"] = summarise_file(metrics_file)
+        if done["learning"]["learned_nothing"]:
+            log.warning("this run learned nothing: %s; its table cells are marked, not ranked",
+                        done["learning"]["reason"])
         write_json_atomic(out / "done.json", done)
         if writer is not None:
             writer.close()

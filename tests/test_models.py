@@ -110,3 +110,17 @@ def test_smollm2_converts_to_a_checkpoint_transformers_loads(smollm2_path):
     [[completion]] = engine.generate(["What is 2+3? Answer with one number."], n=1, temperature=0.0, top_p=1.0,
                                      max_new_tokens=16, seed=0)
     assert "5" in completion.text
+
+
+def test_a_finished_smollm2_conversion_is_kept(tmp_path, monkeypatch):
+    from conspo import models
+
+    out = tmp_path / "smollm2"
+    out.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (out / name).write_text("kept")
+    monkeypatch.setattr(models, "fetch_smollm2_gguf", lambda cache: pytest.fail("converted again"))
+    assert models.convert_smollm2(out) == out and (out / "model.safetensors").read_text() == "kept"
+    (out / "tokenizer.json").unlink()  # an interrupted conversion is done again
+    with pytest.raises(pytest.fail.Exception, match="converted again"):
+        models.convert_smollm2(out)

