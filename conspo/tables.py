@@ -12,7 +12,8 @@ checkpoints (conspo.metrics.paired_difference: mean per-problem difference and i
 
 `render` lays the cells out as the paper does (rows = methods, columns = benchmarks + Avg., one block per model):
 each cell shows the reproduced value at the best checkpoint ± its standard error over problems, and the paper's
-value with the difference, or says that the paper has no such cell. Per block and column the best value is bold and
+value with the difference where the paper has the cell; one note under the title names the cells it does not have
+(all of them for the embedded default and tables beyond the paper). Per block and column the best value is bold and
 the runner-up underlined (on the displayed one-decimal values, ties share the mark; base-model rows are not
 ranked). The last checkpoint's table and the paired differences follow.
 """
@@ -170,9 +171,27 @@ def mark_best(rows: list[dict], benchmarks: list[str]) -> None:
 
 
 def _comparison(cell: dict) -> str:
-    if cell["paper"] is None:
-        return NO_PUBLISHED
     return f"paper {cell['paper']:.1f}, Δ {cell['diff']:+.1f}"
+
+
+def unpublished_note(spec: dict, rows: list[dict]) -> str | None:
+    """One sentence naming the cells the paper has no value for (None when it has them all): said once per table
+    instead of in every cell."""
+    columns = columns_of(spec)
+    missing = {id(row): [header for bench, header in columns if row["cells"][bench]["paper"] is None]
+               for row in rows}
+    if not any(missing.values()):
+        return None
+    if all(len(headers) == len(columns) for headers in missing.values()):
+        return f"The paper has {NO_PUBLISHED} for any cell of this table."
+    parts = []
+    for row in rows:
+        headers = missing[id(row)]
+        if not headers:
+            continue
+        label = row["method"] if len(spec["blocks"]) == 1 else f"{row['method']} ({row['model']})"
+        parts.append(f"{label} (every column)" if len(headers) == len(columns) else f"{label}: {', '.join(headers)}")
+    return f"The paper has {NO_PUBLISHED} for: {'; '.join(parts)}."
 
 
 def write_csv(spec: dict, cells: pd.DataFrame, published: dict, path: str) -> None:
@@ -204,6 +223,9 @@ def _paired_rows(spec: dict, paired: pd.DataFrame) -> list[tuple[str, str, dict]
 def write_markdown(spec: dict, cells: pd.DataFrame, paired: pd.DataFrame, published: dict, path: str) -> None:
     headers = [h for _, h in columns_of(spec)]
     lines = [f"# {heading(spec)}", ""]
+    note = unpublished_note(spec, layout(spec, cells, published, "best"))
+    if note:
+        lines += [f"_{note}_", ""]
     for selection, caption in (("best", "Best checkpoint (as the paper reports)"), ("last", "Last checkpoint")):
         lines += [f"## {caption}", ""]
         rows = layout(spec, cells, published, selection)
@@ -218,7 +240,8 @@ def write_markdown(spec: dict, cells: pd.DataFrame, paired: pd.DataFrame, publis
                     cell = row["cells"][bench]
                     value = {"best": f"**{cell['value']:.1f}**", "second": f"<u>{cell['value']:.1f}</u>"}.get(
                         cell["mark"], f"{cell['value']:.1f}")
-                    texts.append(f"{value} ± {cell['se']:.1f} ({_comparison(cell)})")
+                    comparison = "" if cell["paper"] is None else f" ({_comparison(cell)})"
+                    texts.append(f"{value} ± {cell['se']:.1f}{comparison}")
                 lines.append(f"| {row['method']} | {row['step']} | " + " | ".join(texts) + " |")
             lines.append("")
     if spec.get("reference"):
@@ -238,13 +261,16 @@ def _latex_escape(text: str) -> str:
 def write_latex(spec: dict, cells: pd.DataFrame, published: dict, path: str) -> None:
     """The best-checkpoint table, booktabs, best bold and runner-up underlined as the paper typesets it."""
     columns = columns_of(spec)
+    rows = layout(spec, cells, published, "best")
+    note = unpublished_note(spec, rows)
+    note = "" if note is None else " " + _latex_escape(note)
     out = [r"% requires \usepackage{booktabs}",
            r"\begin{table}[t]", r"\centering",
-           rf"\caption{{{_latex_escape(spec['title'])} (reproduced $\pm$ s.e.; paper value and difference below)}}",
+           rf"\caption{{{_latex_escape(spec['title'])} (reproduced $\pm$ s.e.; paper value and difference below)."
+           rf"{note}}}",
            r"\resizebox{\linewidth}{!}{%",
            r"\begin{tabular}{l" + "c" * len(columns) + "}", r"\toprule",
            "Method & " + " & ".join(_latex_escape(h) for _, h in columns) + r" \\", r"\midrule"]
-    rows = layout(spec, cells, published, "best")
     for i, block in enumerate(spec["blocks"]):
         if len(spec["blocks"]) > 1:
             if i:
@@ -259,11 +285,10 @@ def write_latex(spec: dict, cells: pd.DataFrame, published: dict, path: str) -> 
                 cell = row["cells"][bench]
                 value = {"best": rf"\textbf{{{cell['value']:.1f}}}", "second": rf"\underline{{{cell['value']:.1f}}}"}
                 value = value.get(cell["mark"], f"{cell['value']:.1f}")
-                note = "n/p" if cell["paper"] is None else f"{cell['paper']:.1f}, {cell['diff']:+.1f}"
-                texts.append(rf"{value}{{\scriptsize$\pm${cell['se']:.1f}}} {{\tiny({note})}}")
+                paper = "" if cell["paper"] is None else rf" {{\tiny({cell['paper']:.1f}, {cell['diff']:+.1f})}}"
+                texts.append(rf"{value}{{\scriptsize$\pm${cell['se']:.1f}}}{paper}")
             out.append(_latex_escape(row["method"]) + " & " + " & ".join(texts) + r" \\")
-    out += [r"\bottomrule", r"\end{tabular}}", r"\end{table}",
-            "% n/p: no published value for this cell", ""]
+    out += [r"\bottomrule", r"\end{tabular}}", r"\end{table}", ""]
     write_text_atomic(path, "\n".join(out))
 
 
@@ -273,7 +298,7 @@ table.conspo{border-collapse:collapse;margin:8px 0 18px}
 table.conspo th,table.conspo td{border-top:1px solid #ccc;padding:3px 8px;text-align:right}
 table.conspo th:first-child,table.conspo td:first-child{text-align:left}
 table.conspo tr.block th{text-align:center;font-style:italic;background:#f4f4f4}
-.se{color:#555;font-size:11px}.paper{display:block;color:#666;font-size:11px}.nopaper{display:block;color:#a60;font-size:11px}
+.se{color:#555;font-size:11px}.paper{display:block;color:#666;font-size:11px}.nopaper{color:#a60}
 </style>"""
 
 
@@ -292,8 +317,8 @@ def _html_table(spec: dict, rows: list[dict], table_id: str) -> str:
                 cell = row["cells"][bench]
                 value = f"{cell['value']:.1f}"
                 value = {"best": f"<b>{value}</b>", "second": f"<u>{value}</u>"}.get(cell["mark"], value)
-                note = (f'<span class="nopaper">{NO_PUBLISHED}</span>' if cell["paper"] is None else
-                        f'<span class="paper">{html.escape(_comparison(cell))}</span>')
+                note = "" if cell["paper"] is None else f'<span class="paper">{html.escape(_comparison(cell))}</span>'
+
                 tds.append(f'<td data-benchmark="{html.escape(bench)}">{value}'
                            f' <span class="se">± {cell["se"]:.1f}</span>{note}</td>')
             out.append(f'<tr data-method="{html.escape(row["method"])}"><td>{html.escape(row["method"])}</td>'
@@ -304,11 +329,13 @@ def _html_table(spec: dict, rows: list[dict], table_id: str) -> str:
 
 def write_html(spec: dict, cells: pd.DataFrame, paired: pd.DataFrame, published: dict, path: str) -> None:
     title = heading(spec)
+    note = unpublished_note(spec, layout(spec, cells, published, "best"))
     parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>{STYLE}"
              f"</head><body>", f"<h2>{html.escape(title)}</h2>",
              "<p>Reproduced value at the best checkpoint ± standard error over problems; below it the paper's "
              "value and the difference where the paper has the cell. <b>Bold</b>: best per column, "
              "<u>underlined</u>: runner-up.</p>",
+             *([] if note is None else [f'<p class="nopaper">{html.escape(note)}</p>']),
              _html_table(spec, layout(spec, cells, published, "best"), f"{spec['table']}-best"),
              "<h3>Last checkpoint</h3>",
              _html_table(spec, layout(spec, cells, published, "last"), f"{spec['table']}-last")]
