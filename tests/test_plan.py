@@ -65,7 +65,7 @@ def test_checkpoints_and_evaluations(paper):
     assert paper.run_benchmarks("llama-3.2-3b-instruct--deepscaler-preview--grpo") == [
         "AIME24", "MATH500", "AMC", "OlympiadBench"]
     # 25 runs x 7 ckpts x 7 + 2 x 5 x 7 x 7 + 5 x 4 x 7 (Qwen3-4B) + 5 x 7 x 4 (Llama, Table 4) + 5 x 3 x 7 (DAPO)
-    assert paper.summary() == {"runs": 50, "evaluations": 2100, "base_evaluations": 32}
+    assert paper.summary() == {"runs": 50, "evaluations": 2100, "base_evaluations": 32, "evaluation_jobs": 320}
     assert paper.base_benchmarks("Llama-3.2-3B-Instruct") == ["AIME24", "MATH500", "AMC", "OlympiadBench"]
 
 
@@ -113,10 +113,11 @@ def test_run_configs_follow_tables_7_and_8(paper):
     assert qwen3["method"]["params"]["aggregation_constant"] == 4096  # Dr. GRPO divides by the max length
     dapo = paper.run_config(f"{R15}--dapo")
     assert dapo["dynamic_sampling"]["enabled"] and dapo["overlong_shaping"]["enabled"]
-    options = paper.evaluate_options("Llama-3.2-3B-Instruct", "AIME24")
-    assert "--samples 32" in options and "--temperature 0.6" in options and "--top-p 0.95" in options
-    assert "--max-new-tokens 4096" in options
-    assert "--samples 1" in paper.evaluate_options("DeepSeek-R1-Distill-Qwen-7B", "MATH500")
+    options = paper.evaluate_options("Llama-3.2-3B-Instruct", ["AIME24", "MATH500"])
+    assert "--temperature 0.6" in options and "--top-p 0.95" in options and "--max-new-tokens 4096" in options
+    assert options.endswith("--benchmark AIME24 --data results/data/benchmarks/AIME24.jsonl --samples 32 "
+                            "--benchmark MATH500 --data results/data/benchmarks/MATH500.jsonl --samples 1")
+    assert "--workers" not in options  # the verifier uses the CPUs the job was given
 
 
 def test_cluster_resources_per_model_size(paper):
@@ -180,8 +181,9 @@ def test_key_order_of_the_config_changes_no_job(name):
     for run in plan.runs:
         assert repr(plan.run_config(run)) == repr(reordered.run_config(run)), run
         model = plan.runs[run].model
-        for benchmark in plan.run_benchmarks(run):
-            assert plan.evaluate_options(model, benchmark) == reordered.evaluate_options(model, benchmark)
+        benchmarks = plan.run_benchmarks(run)
+        assert plan.evaluate_options(model, benchmarks) == reordered.evaluate_options(model, benchmarks)
+    assert plan.evaluation_rules() == reordered.evaluation_rules()
     for model in plan.models:
         assert plan.model_command(model) == reordered.model_command(model)
     for spec in [*plan.tables, *plan.figures]:
