@@ -24,9 +24,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-
-from .losses import conspo_group_objective, group_advantages  # noqa: E402
 
 DATA_KEY = "conspo-data"
 CURVES = (("reward", "mean reward"), ("response_length", "mean response length (tokens)"),
@@ -59,6 +56,10 @@ def gradient_coefficients(gaps: list[float], *, n_pos: int, n_neg: int, tau: flo
                           negative_score: float = 0.0) -> dict[str, list[float]]:
     """dJ/ds of one positive and one negative rollout of a group of n_pos positives (score negative_score + gap)
     and n_neg negatives (score negative_score), for ConSPO (autograd through Eq. 15) and GRPO (A_i / G)."""
+    import torch  # here, not at the top: the curves and Figure 2 jobs (most of this command's runs) need no torch
+
+    from .losses import conspo_group_objective, group_advantages
+
     correct = torch.tensor([True] * n_pos + [False] * n_neg)
     group_ids = torch.zeros(n_pos + n_neg, dtype=torch.long)
     conspo_pos, conspo_neg = [], []

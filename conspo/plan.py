@@ -25,11 +25,9 @@ from pathlib import Path
 import yaml
 
 from .atomic import write_json_atomic, write_text_atomic
+from .names import AVERAGE, BASE_MODEL  # noqa: F401  (part of this module's interface)
 from .objective import available_objectives, build_objective, objective_parameters
 from .runconfig import ConfigError, checkpoint_steps, parse_config
-
-BASE_MODEL = "Base Model"
-AVERAGE = "Avg"
 
 
 class PlanError(ValueError):

@@ -30,7 +30,7 @@ import pandas as pd
 
 from .atomic import write_text_atomic
 from .metrics import paired_difference
-from .plan import AVERAGE, BASE_MODEL
+from .names import AVERAGE, BASE_MODEL
 
 SELECTIONS = ("best", "last")
 CELL_COLUMNS = ["number", "model", "dataset", "method", "run", "selection", "step", "benchmark", "metric", "value",
