@@ -186,6 +186,7 @@ class VLLMEngine:
         self.llm = LLM(model=str(model_path), dtype=dtype, max_model_len=max_model_len, seed=seed,
                        trust_remote_code=trust_remote_code, gpu_memory_utilization=gpu_memory_utilization,
                        enforce_eager=enforce_eager, **whole_prompts)
+        self.calls = 0  # `stream` calls so far: they name their requests
 
     def generate(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int) -> list[list[Completion]]:
@@ -212,17 +213,21 @@ class VLLMEngine:
         each engine step. Abandoning the iterator (an exception in the caller) aborts what is still queued."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
         _check_sampling(1, temperature, top_p, max_new_tokens)
         if len(seeds) != len(prompts):
             raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
-        requests = [TokensPrompt(prompt_token_ids=encode_prompt(self.tokenizer, prompt, self.chat_template))
-                    for prompt in prompts]
-        params = [SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens, seed=seed,
-                                 detokenize=False) for seed in seeds]
-        index_of = {request_id: index
-                    for index, request_id in enumerate(self.llm.enqueue(requests, params, use_tqdm=False))}
         engine = self.llm.llm_engine
+        self.calls += 1
+        index_of = {}
+        for index, (prompt, seed) in enumerate(zip(prompts, seeds)):
+            request_id = f"conspo-{self.calls}-{index}"
+            engine.add_request(request_id, TokensPrompt(prompt_token_ids=encode_prompt(self.tokenizer, prompt,
+                                                                                       self.chat_template)),
+                               SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                                              seed=seed, detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY))
+            index_of[request_id] = index
         try:
             while engine.has_unfinished_requests():
                 finished = [(index_of.pop(output.request_id), self._completion(output.outputs[0]))
