@@ -101,10 +101,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--tiny", action="store_true", help="run the tiny DAG end to end and regenerate one cell")
     parser.add_argument("--before", metavar="REF", help="measure commit REF the same way first (before/after)")
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--work", help="run in this folder (kept) instead of a temporary one")
     args = parser.parse_args(argv)
     record: dict = {"command": "python -m benchmarks dag " + " ".join(argv)}
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench-dag-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-dag-") as scratch:
+        tmp = args.work or scratch
         versions = ([("before", args.before)] if args.before else []) + [("after" if args.before else "now", None)]
         for name, ref in versions:
             workdir = checkout(ref, Path(tmp) / name)

@@ -1,7 +1,8 @@
 """A job killed mid-run under Snakemake picks up where it stopped: the rerun (`--rerun-incomplete`, as the
 slurm and local profiles set) starts the job again; the trainer resumes from its newest checkpoint instead of
 step 0, and an evaluation keeps the samples it had drawn and draws only the others. The tiny config, shrunk (a
-20-step warm start, 8 training steps, a checkpoint every 2; 32 problems per benchmark), in a scratch copy."""
+20-step warm start, 8 training steps of 4 prompts x 4 rollouts, a checkpoint every 2; 32 problems per
+benchmark), in a scratch copy."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ TARGET = f"results/runs/{RUN}/done.json"
 def shrunk_tiny_config() -> dict:
     config = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())
     config["models"]["tiny-a"]["build"].update(steps=20, train_size=256)
-    config["training"]["train"].update(total_steps=8, checkpoint_every=2)
+    config["training"]["train"].update(total_steps=8, checkpoint_every=2, prompts_per_step=4, micro_batch_size=16)
+    config["training"]["rollout"].update(group_size=4)
     return config
 
 
