@@ -3,14 +3,16 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CORES ?= 2
 
-.PHONY: setup run test test-all bench
+.PHONY: setup run test test-all bench lock
 
 setup:
 	bash scripts/setup.sh
 
-# Command 1: the embedded default (tiny models, synthetic tasks) end to end -> results/report.html
+# Command 1: the embedded default (tiny models, synthetic tasks) end to end -> results/report.html.
+# Targets come before the options: --configfile takes one or more files, so a target after it is read as a file.
+# The end-to-end test (tests/test_tiny_dag.py) runs this recipe itself, in a copy of the checkout.
 run: setup
-	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/tiny.yaml all
+	$(VENV)/bin/snakemake all --cores $(CORES) --configfile config/tiny.yaml
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/tiny.yaml --report results/report.html
 
 # Command 2: the test suite (CI), the whole tiny DAG end to end included (~12 of its 30-35 minutes on 2 cores).
@@ -26,3 +28,8 @@ test-all:
 
 bench: setup
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+# Refresh the locks of tested versions (requirements/cpu.txt, requirements/gpu.txt) from pyproject.toml; then run
+# `make test`, which installs and tests the new CPU lock.
+lock: setup
+	bash scripts/lock.sh

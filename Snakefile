@@ -3,17 +3,24 @@
 #   the paper on a SLURM cluster:                     snakemake --profile slurm tables
 # docs/workflow.md lists the targets and how to regenerate a single cell.
 
-from snakemake.utils import min_version, validate
+from snakemake.utils import min_version
+
+from conspo.workflow_config import check_config_files, check_schema
 
 min_version("9.20")
 
 
+# Config errors stop the workflow here, before any job, in one line naming the file and line or the dotted key
+# (conspo.workflow_config, then conspo.plan in common.smk). A --configfile that is not YAML at all is refused by
+# Snakemake itself before this file runs; `snakemake --verbose` shows its line.
 if not workflow.overwrite_configfiles:
+    check_config_files(["config/tiny.yaml"])
 
     configfile: "config/tiny.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+check_config_files(workflow.configfiles)  # keys defined twice: Snakemake's loader keeps the last without a word
+check_schema(config, "workflow/schemas/config.schema.yaml")
 
 
 report: "workflow/report/workflow.rst"

@@ -34,7 +34,7 @@ from torch import Tensor
 from baselines.grpo import GRPO
 from conspo.batch import RolloutBatch, SequenceInfo
 from conspo.losses import group_structure, sequence_scores
-from conspo.objective import RolloutContext, register_objective
+from conspo.objective import RolloutContext, check_parameter, register_objective
 from conspo.verifier import last_boxed
 
 WEIGHTS = "cepo_weights"  # batch.extras key: the per-token multiplier of A_i, [n, T]
@@ -102,10 +102,11 @@ class CEPO(GRPO):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.warmup_steps <= 0:
-            raise ValueError(f"cepo.warmup_steps must be > 0, got {self.warmup_steps}")
-        if not 0 <= self.eps_w < 1:
-            raise ValueError(f"cepo.eps_w must lie in [0, 1), got {self.eps_w}")
+        check_parameter("lambda_init", self.lambda_init, 0 <= self.lambda_init <= 1, "in [0, 1]")
+        check_parameter("warmup_steps", self.warmup_steps, self.warmup_steps > 0, "> 0")
+        check_parameter("eps_w", self.eps_w, 0 <= self.eps_w < 1, "in [0, 1)")
+        check_parameter("answer_hint", self.answer_hint, "{answer}" in self.answer_hint,
+                        "a text holding {answer} (where the gold answer is spliced in)")
         self.prepare_metrics: dict[str, float] = {}
 
     def evidence_lambda(self, step: int) -> float:

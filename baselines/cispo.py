@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from conspo.objective import register_objective
+from conspo.objective import check_parameter, register_objective
 from conspo.surrogate import TokenSurrogate
 
 BOUNDS = ("relative", "absolute")
@@ -37,8 +37,12 @@ class CISPO(TokenSurrogate):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.ratio_bound not in BOUNDS:
-            raise ValueError(f"cispo.ratio_bound must be one of {BOUNDS}, got {self.ratio_bound!r}")
+        check_parameter("ratio_bound", self.ratio_bound, self.ratio_bound in BOUNDS, f"one of {', '.join(BOUNDS)}")
+        low, high = self.clip_eps_low, self.clip_eps_high
+        check_parameter("clip_eps_low", low, low is None or 0 <= low <= 1, "null (no lower bound) or in [0, 1]")
+        absolute = self.ratio_bound == "absolute"
+        check_parameter("clip_eps_high", high, high > 0 if absolute else high >= 0,
+                        "> 0 (the weight's cap)" if absolute else ">= 0")
 
     def weight_bounds(self) -> tuple[float | None, float]:
         if self.ratio_bound == "absolute":

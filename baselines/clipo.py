@@ -32,7 +32,8 @@ from torch import Tensor, nn
 
 from conspo.batch import RolloutBatch, SequenceInfo
 from conspo.losses import group_structure
-from conspo.objective import Objective, RolloutContext, build_objective, register_objective
+from conspo.objective import (Objective, ParameterError, RolloutContext, build_objective, check_parameter,
+                              register_objective)
 
 
 def pooled_response_hidden(batch: RolloutBatch, context: RolloutContext) -> Tensor:
@@ -80,11 +81,22 @@ class CLIPO(Objective):
     seed: int = 0  # head initialisation and positive sampling
 
     def __post_init__(self):
-        if self.temperature <= 0:
-            raise ValueError(f"clipo.temperature must be > 0, got {self.temperature}")
-        if not 0 <= self.max_penalty < 1:
-            raise ValueError(f"clipo.max_penalty must lie in [0, 1) (correct rewards stay > 0), got {self.max_penalty}")
-        self.base = build_objective(self.base_method, self.base_params)
+        check_parameter("head_dim", self.head_dim, self.head_dim > 0, "> 0")
+        check_parameter("temperature", self.temperature, self.temperature > 0, "> 0")
+        check_parameter("reward_lambda", self.reward_lambda, self.reward_lambda >= 0, ">= 0")
+        check_parameter("max_penalty", self.max_penalty, 0 <= self.max_penalty < 1,
+                        "in [0, 1) (correct rewards stay > 0)")
+        check_parameter("head_lr", self.head_lr, self.head_lr > 0, "> 0")
+        check_parameter("head_weight_decay", self.head_weight_decay, self.head_weight_decay >= 0, ">= 0")
+        check_parameter("head_warmup_steps", self.head_warmup_steps, self.head_warmup_steps >= 0, ">= 0")
+        check_parameter("seed", self.seed, self.seed >= 0, ">= 0")
+        try:
+            self.base = build_objective(self.base_method, self.base_params)
+        except KeyError as err:  # an unknown method, or a parameter its method does not have
+            key = "base_method" if str(err.args[0]).startswith("unknown method") else "base_params"
+            raise ParameterError(f"{key}: {err.args[0]}") from None
+        except ParameterError as err:
+            raise ParameterError(f"base_params.{err}") from None
         self.head: nn.Linear | None = None  # built at the first batch, when the hidden size is known
         self.head_optimizer: torch.optim.AdamW | None = None
         self.generator = torch.Generator().manual_seed(self.seed)

@@ -7,8 +7,10 @@
 
 Defaults tau = 10, delta = 1e-4, beta = 1e3, no clipping, no reference model. The hinge carries the factor 1/2 so
 that its gradient is beta [KL - delta]_+ grad KL, the update of the released DisCO code (and of METHODS.md); the
-penalty of the paper, beta [KL - delta]_+^2, would double it. The KL estimator defaults to that code's
-"low_var_kl", k3 with r = pi_theta / pi_old on samples of pi_old: r - 1 - log r; "k1" is -log r.
+penalty of the paper, beta [KL - delta]_+^2, would double it. The KL estimator defaults to k1, -log r with
+r = pi_theta / pi_old on samples of pi_old: every released DisCO run script (Optimization-AI/DisCO,
+scripts/train/run_disco*_8k.sh) sets `ppo_kl_type=kl`, verl's k1; "low_var_kl" (k3, r - 1 - log r) is only the
+fallback default of a `getattr` in that code, used by no script. "k3" stays available.
 Unlike the released code (per micro-batch after an all-gather), every group objective here sees its whole group:
 the terms go through `accumulate_gradients`, exact under any micro-batching.
 """
@@ -22,7 +24,7 @@ from torch import Tensor
 
 from conspo.batch import RolloutBatch, SequenceInfo
 from conspo.losses import KL_ESTIMATORS, group_logsumexp, group_structure, masked_sum, sequence_scores
-from conspo.objective import Objective, register_objective
+from conspo.objective import Objective, check_parameter, register_objective
 
 
 def disco_group_objective(scores: Tensor, correct: Tensor, group_ids: Tensor, tau: float) -> Tensor:
@@ -39,15 +41,15 @@ class DisCO(Objective):
     tau: float = 10.0
     delta: float = 1e-4  # trust region: KL(pi_old || pi_theta) <= delta
     beta: float = 1e3  # squared-hinge penalty weight
-    kl_estimator: str = "k3"
+    kl_estimator: str = "k1"  # the released run scripts' ppo_kl_type=kl
 
     n_terms = 2  # (likelihood score s_i, sum_t of the per-token KL estimate)
 
     def __post_init__(self):
-        if self.tau <= 0:
-            raise ValueError(f"disco.tau must be > 0, got {self.tau}")
-        if self.kl_estimator not in ("k1", "k3"):
-            raise ValueError(f"disco.kl_estimator must be 'k1' or 'k3', got {self.kl_estimator!r}")
+        check_parameter("tau", self.tau, self.tau > 0, "> 0")
+        check_parameter("delta", self.delta, self.delta >= 0, ">= 0")
+        check_parameter("beta", self.beta, self.beta >= 0, ">= 0")
+        check_parameter("kl_estimator", self.kl_estimator, self.kl_estimator in ("k1", "k3"), "k1 or k3")
 
     def sequence_terms(self, batch: RolloutBatch, logprobs: Tensor) -> Tensor:
         mask = batch.response_mask

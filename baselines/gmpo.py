@@ -21,7 +21,7 @@ from torch import Tensor
 
 from conspo.batch import RolloutBatch, SequenceInfo
 from conspo.losses import masked_sum
-from conspo.objective import register_objective
+from conspo.objective import check_parameter, register_objective
 from conspo.surrogate import GroupRelative
 
 
@@ -41,6 +41,11 @@ class GMPO(GroupRelative):
     clip_eps_high: float = 0.4
 
     n_terms = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_parameter("clip_eps_low", self.clip_eps_low, self.clip_eps_low >= 0, ">= 0 (in log space)")
+        check_parameter("clip_eps_high", self.clip_eps_high, self.clip_eps_high >= 0, ">= 0 (in log space)")
 
     def sequence_terms(self, batch: RolloutBatch, logprobs: Tensor) -> Tensor:
         mask = batch.response_mask

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from conspo.losses import clipped_surrogate
-from conspo.objective import register_objective
+from conspo.objective import check_parameter, register_objective
 from conspo.surrogate import TokenSurrogate
 
 
@@ -26,6 +26,11 @@ from conspo.surrogate import TokenSurrogate
 class GRPO(TokenSurrogate):
     clip_eps_low: float = 0.2
     clip_eps_high: float = 0.2
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_parameter("clip_eps_low", self.clip_eps_low, 0 <= self.clip_eps_low <= 1, "in [0, 1]")
+        check_parameter("clip_eps_high", self.clip_eps_high, self.clip_eps_high >= 0, ">= 0")
 
     def token_loss(self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor) -> Tensor:
         ratio = torch.exp(logprobs - old_logprobs)  # rho_{i,t}

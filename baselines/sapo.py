@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from conspo.objective import register_objective
+from conspo.objective import check_parameter, register_objective
 from conspo.surrogate import TokenSurrogate
 
 
@@ -32,10 +32,11 @@ class SAPO(TokenSurrogate):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.tau_pos <= 0 or self.tau_neg <= 0:
-            raise ValueError(f"sapo temperatures must be > 0, got tau_pos={self.tau_pos}, tau_neg={self.tau_neg}")
+        check_parameter("tau_pos", self.tau_pos, self.tau_pos > 0, "> 0")
+        check_parameter("tau_neg", self.tau_neg, self.tau_neg > 0, "> 0")
 
     def token_loss(self, logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor) -> Tensor:
         ratio = torch.exp(logprobs - old_logprobs)
-        temperature = torch.where(advantages > 0, self.tau_pos, self.tau_neg).to(ratio.dtype)
+        # built in the ratios' dtype (Python floats in torch.where would make float32 temperatures)
+        temperature = torch.where(advantages > 0, ratio.new_tensor(self.tau_pos), ratio.new_tensor(self.tau_neg))
         return -soft_gate(ratio, temperature) * advantages

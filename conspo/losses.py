@@ -71,10 +71,6 @@ class Groups:
         """Groups with both a correct and an incorrect rollout (the others carry no contrastive signal)."""
         return (self.n_pos > 0) & (self.n_neg > 0)
 
-    @property
-    def pass_rate(self) -> Tensor:
-        return self.n_pos.to(torch.float32) / self.size.to(torch.float32)
-
     def sum(self, values: Tensor) -> Tensor:
         """Per-group sum of a per-row tensor."""
         out = torch.zeros(len(self.ids), dtype=values.dtype, device=values.device)
@@ -106,9 +102,9 @@ def group_advantages(rewards: Tensor, group_ids: Tensor, std: str = "population"
     """
     if std not in STD_MODES:
         raise ValueError(f"advantage std mode {std!r} is not one of {STD_MODES}")
-    rewards = rewards.to(torch.float32)
+    rewards = rewards.to(torch.promote_types(rewards.dtype, torch.float32))  # float64 rewards stay float64
     groups = group_structure(torch.zeros_like(rewards, dtype=torch.bool), group_ids)
-    count = groups.size.to(torch.float32)
+    count = groups.size.to(rewards.dtype)
     mean = groups.sum(rewards) / count
     centred = rewards - mean[groups.index]
     if std == "none":
@@ -277,6 +273,6 @@ def discriminative_group_objective(
     zeros = torch.zeros_like(pos_scores)
     mean_pos = groups.sum(torch.where(correct, pos_scores, zeros)) / groups.n_pos.clamp_min(1)
     mean_neg = groups.sum(torch.where(correct, zeros, neg_scores)) / groups.n_neg.clamp_min(1)
-    p = groups.pass_rate.to(pos_scores.dtype)
+    p = groups.n_pos.to(pos_scores.dtype) / groups.size.to(pos_scores.dtype)  # in the scores' dtype
     value = torch.sqrt(p * (1 - p)) * (mean_pos - mean_neg)
     return torch.where(groups.contrastive, value, torch.zeros_like(value))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import typing
 from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Protocol
 
@@ -27,6 +28,19 @@ from torch import Tensor
 
 from .batch import RolloutBatch, SequenceInfo
 from .losses import group_advantages
+from .typed import typed_value
+
+
+class ParameterError(ValueError):
+    """A hyperparameter of an objective has the wrong type or lies out of range; the message starts with its name
+    (e.g. "margin_warmup: must be > 0, got 0"), so a config error can name the full key."""
+
+
+def check_parameter(name: str, value, ok: bool, requirement: str) -> None:
+    """Raise ParameterError("{name}: must be {requirement}, got {value}") unless `ok`. For objectives'
+    `__post_init__`: every range check runs when the objective is built, so at the workflow's parse time too."""
+    if not ok:
+        raise ParameterError(f"{name}: must be {requirement}, got {value!r}")
 
 
 class Objective:
@@ -143,22 +157,34 @@ def objective_parameters(name: str) -> dict[str, object]:
         raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(sorted(_REGISTRY))}")
     factory = _REGISTRY[name]
     cls = factory.objective_class  # type: ignore[attr-defined]
-    defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(cls)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
     return {**defaults, **factory.preset}  # type: ignore[attr-defined]
 
 
-def build_objective(name: str, params: dict | None = None) -> Objective:
-    """The objective registered as `name` with hyperparameters `params`; unknown names or keys raise, naming them."""
+def typed_parameters(name: str, params: dict | None = None) -> dict:
+    """`params` of the objective registered as `name`, each checked against its field's type and converted (an int
+    or a numeric string for a float field becomes a float): unknown names raise KeyError, wrong types
+    ParameterError, both naming the key."""
     _load_builtins()
     if name not in _REGISTRY:
         raise KeyError(f"unknown method {name!r}; registered methods: {', '.join(sorted(_REGISTRY))}")
-    factory = _REGISTRY[name]
+    cls = _REGISTRY[name].objective_class  # type: ignore[attr-defined]
     params = dict(params or {})
-    known = {f.name for f in dataclasses.fields(factory.objective_class)}  # type: ignore[attr-defined]
+    known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(params) - known)
     if unknown:
         raise KeyError(f"method {name!r} has no parameter {unknown[0]!r}; its parameters: {', '.join(sorted(known))}")
-    objective = factory(**params)
+    hints = typing.get_type_hints(cls)
+    return {key: typed_value(key, hints[key], value, ParameterError) for key, value in params.items()}
+
+
+def build_objective(name: str, params: dict | None = None) -> Objective:
+    """The objective registered as `name` with hyperparameters `params`; unknown names or keys raise KeyError, values
+    of the wrong type or out of range ParameterError, each naming the key."""
+    typed = typed_parameters(name, params)
+    objective = _REGISTRY[name](**typed)
     objective.name = name
     return objective
 
@@ -277,7 +303,9 @@ def accumulate_gradients(
             terms = graph.detach()
         else:
             terms = compute_terms(objective, batch, logprob_fn, micro_batch_size)
-    probe = terms if terms is not None else torch.zeros(len(batch), objective.n_terms)
+    # a linear objective's coefficients do not depend on the terms: computed in float64, then cast to the terms' dtype
+    probe = terms if terms is not None else torch.zeros(len(batch), objective.n_terms, dtype=torch.float64,
+                                                        device=batch.rewards.device)
     full, offset = collective.gather(probe)
     if terms is not None:
         _check_finite(full, "no-grad pass" if graph is None else "gradient pass")

@@ -3,15 +3,17 @@
 The Snakefile imports this module and asks it every planning question; the rules only call `conspo <command>`.
 
     plan = Plan.from_config(config)        # semantic validation: every error names the config key at fault
+                                           # (conspo.workflow_config checks the files and the schema before)
     plan.runs                              # distinct training runs, keyed by their resolved hyperparameters
     plan.checkpoint_steps(run_name)        # the steps whose checkpoints a run writes
     plan.run_benchmarks(run_name)          # the benchmarks each checkpoint of a run is evaluated on
-    plan.table_spec("table1")              # the cells of a table: which run or base model fills each row
+    plan.table_spec("table1")              # the cells of a table: which runs (one per seed) or base model fill each row
 
 Identical runs are one job: a run is identified by (model, training set, objective class, every objective
-parameter, every training setting), so e.g. the Figure 2 point M = 0 is the Table 6 row "w/o scheduled margin" and
-the default ConSPO run serves Table 1, Table 6 and every Figure 2 panel. A run is named after the first table row or
-sweep point that needs it: `{model}--{dataset}--{variant}`.
+parameter, every training setting, seed), so e.g. the Figure 2 point M = 0 is the Table 6 row "w/o scheduled
+margin" and the default ConSPO run serves Table 1, Table 6 and every Figure 2 panel. A run is named after the first
+table row or sweep point that needs it: `{model}--{dataset}--{variant}`, with `--seed{N}` appended for every seed
+but the config's `seed`, so adding a seed to `seeds` adds runs and renames none.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import yaml
 
 from .atomic import write_json_atomic, write_text_atomic
 from .names import AVERAGE, BASE_MODEL  # noqa: F401  (part of this module's interface)
-from .objective import available_objectives, build_objective, objective_parameters
+from .objective import ParameterError, available_objectives, build_objective, objective_parameters, typed_parameters
 from .runconfig import ConfigError, checkpoint_steps, parse_config
 
 
@@ -107,7 +109,9 @@ class Run:
     objective: str  # registry name used in the run config
     params: dict  # every objective parameter, resolved
     trainer: dict  # rollout/train/dynamic_sampling/overlong_shaping sections (method extras merged in)
+    seed: int
     serves: list = field(default_factory=list)  # e.g. ["table1:ConSPO", "figure2:tau=10"]
+    method: str = ""  # the method (config key) of the first table row or sweep point that needs the run
 
 
 class Plan:
@@ -120,12 +124,16 @@ class Plan:
         self.methods: dict = config["methods"]
         self.tables: dict = config["tables"]
         self.figures: dict = config["figures"]
+        self.seeds: list[int] = list(config.get("seeds") or [config["seed"]])
+        self.validation: str | None = config.get("selection", {}).get("validation")
         self.runs: dict[str, Run] = {}
         self._run_by_key: dict = {}
         self._benchmarks_of_run: dict[str, list[str]] = {}
         self._cells: dict[str, list[dict]] = {}
         self._sweeps: dict[str, list[dict]] = {}
         self._check_references()
+        self._check_data()
+        self._check_methods()
         self._plan_tables()
         self._plan_figures()
         self._check_run_configs()
@@ -188,6 +196,11 @@ class Plan:
             reference = spec.get("reference")
             if reference is not None and reference not in spec["methods"]:
                 raise PlanError(f"tables.{table}.reference: {reference!r} is not one of the table's methods")
+            if self.validation in spec["benchmarks"]:
+                raise PlanError(f"selection.validation: {self.validation!r} is a column of tables.{table}; selecting "
+                                "checkpoints on it is selecting on the test set (name a benchmark outside the tables)")
+        if self.validation is not None:
+            self._need("selection.validation", self.validation, self.benchmarks, "benchmark")
         for figure, spec in self.figures.items():
             self._need(f"figures.{figure}.model", spec["model"], self.models, "model")
             self._need(f"figures.{figure}.dataset", spec["dataset"], self.datasets, "training set")
@@ -204,28 +217,105 @@ class Plan:
                                         f"{self.methods[spec['method']]['objective']!r} has no parameter "
                                         f"{sweep['param']!r}; its parameters: {', '.join(known)}")
 
+    def _check_data(self) -> None:
+        """Data preparation: each `prepare` mapping against `conspo prepare-data`'s own options (local files must
+        exist), and each training set's n_prompts against what preparation writes (synthetic sources) or has written
+        (the prepared file, once there): the steps and checkpoints of every run are planned on it."""
+        from .data import check_prepare_options, prepared_size
+
+        for section in ("datasets", "benchmarks"):
+            for name, spec in self.config[section].items():
+                try:
+                    check_prepare_options(spec["prepare"])
+                except ValueError as err:
+                    raise PlanError(f"{section}.{name}.prepare.{err}") from None
+        for name, spec in self.datasets.items():
+            found, where = prepared_size(spec["prepare"]), "its synthetic source writes"
+            prepared = Path(self.train_data(name))
+            if found is None and prepared.is_file():
+                with prepared.open(encoding="utf-8") as handle:
+                    found, where = sum(1 for line in handle if line.strip()), f"{prepared} holds"
+            if found is not None and found != spec["n_prompts"]:
+                raise PlanError(f"datasets.{name}.n_prompts: {spec['n_prompts']}, but {where} {found} prompts "
+                                "(n_prompts fixes every run's steps and checkpoints)")
+
+    def _check_methods(self) -> None:
+        """Each method's parameters, and each value of a Figure 2 sweep, through the objective's own checks (types
+        and ranges), so that a bad value stops the workflow before any job, naming its key."""
+        for method, spec in self.methods.items():
+            try:
+                build_objective(spec["objective"], spec.get("params", {}))
+            except ParameterError as err:
+                raise PlanError(f"methods.{method}.params.{err}") from None
+        for figure, spec in self.figures.items():
+            if "method" not in spec:
+                continue
+            method = self.methods[spec["method"]]
+            for i, sweep in enumerate(spec.get("sweeps", [])):
+                for j, value in enumerate(sweep["values"]):
+                    try:
+                        build_objective(method["objective"], {**method.get("params", {}), sweep["param"]: value})
+                    except ParameterError as err:
+                        raise PlanError(f"figures.{figure}.sweeps[{i}].values[{j}]: {err}") from None
+
+    def _source_key(self, run: Run, key: str) -> str:
+        """The workflow-config key that a run-config key (e.g. `rollout.top_p`) of `run` takes its value from: the
+        method's trainer extras, else the model's training overrides, else the shared training settings."""
+        section, _, rest = key.partition(".")
+        if section == "method":
+            param = rest.removeprefix("params.").split(".")[0]
+            kind = "link" if param in self.methods[run.method].get("link", {}) else "params"
+            return f"methods.{run.method}.{kind}.{param}"
+        if section == "model":
+            return f"models.{run.model}.load.{rest}"
+        if section == "data":
+            return f"datasets.{run.dataset}"
+        if section in ("seed", "name"):
+            return key
+        plain = re.sub(r"\[\d+\]", "", key)
+        for prefix, settings in ((f"methods.{run.method}.trainer", self.methods[run.method].get("trainer", {})),
+                                 (f"models.{run.model}.training", self.models[run.model].get("training", {}))):
+            try:
+                dotted(settings, plain)
+                return f"{prefix}.{key}"
+            except (KeyError, TypeError):
+                continue
+        return f"training.{key}"
+
     # ------------------------------------------------------------------------------------------ runs
     def trainer_settings(self, model: str, method: str) -> dict:
         """rollout/train/... sections of a run: global training defaults < model overrides < method extras."""
         settings = deep_merge(self.config["training"], self.models[model].get("training", {}))
         return deep_merge(settings, self.methods[method].get("trainer", {}))
 
-    def _run_for(self, model: str, dataset: str, method: str, overrides: dict, variant: str, serves: str) -> str:
+    def _runs_for(self, model: str, dataset: str, method: str, overrides: dict, variant: str, serves: str,
+                  seeds: list[int]) -> list[str]:
+        """The run of a table row or sweep point for each seed."""
+        return [self._run_for(model, dataset, method, overrides, variant, serves, seed) for seed in seeds]
+
+    def _run_for(self, model: str, dataset: str, method: str, overrides: dict, variant: str, serves: str,
+                 seed: int) -> str:
         spec = self.methods[method]
         defaults = objective_parameters(spec["objective"])
         trainer = self.trainer_settings(model, method)
         linked = {param: dotted(trainer, setting) for param, setting in spec.get("link", {}).items()}
-        params = {**defaults, **spec.get("params", {}), **linked, **overrides}
-        params = {k: (float(v) if isinstance(defaults.get(k), float) and isinstance(v, int) and not isinstance(v, bool)
-                      else v) for k, v in params.items()}
+        try:  # typed: e.g. an int for a float parameter is a float, so equal values make one run
+            params = {**defaults, **typed_parameters(spec["objective"], {**spec.get("params", {}), **linked,
+                                                                          **overrides})}
+        except ParameterError as err:  # parameters and sweep values were checked: a linked setting's value
+            param = str(err).split(":")[0]
+            raise PlanError(f"methods.{method}.link.{err} (the value of {spec['link'].get(param)!r}, model "
+                            f"{model!r})") from None
         objective_class = type(build_objective(spec["objective"])).__name__
-        key = canonical([model, dataset, objective_class, params, trainer])
+        key = canonical([model, dataset, objective_class, params, trainer, seed])
         name = self._run_by_key.get(key)
         if name is None:
             name = f"{slug(model)}--{slug(dataset)}--{variant}"
+            if seed != self.config["seed"]:
+                name += f"--seed{seed}"
             if name in self.runs:
                 raise PlanError(f"methods: two different runs would both be named {name!r}")
-            self.runs[name] = Run(name, model, dataset, spec["objective"], params, trainer)
+            self.runs[name] = Run(name, model, dataset, spec["objective"], params, trainer, seed, method=method)
             self._run_by_key[key] = name
         self.runs[name].serves.append(serves)
         return name
@@ -240,41 +330,49 @@ class Plan:
             for block in spec["blocks"]:
                 model, dataset = block["model"], block["dataset"]
                 if spec.get("base_model", False):
-                    cells.append({"model": model, "dataset": dataset, "method": BASE_MODEL, "run": None})
+                    cells.append({"model": model, "dataset": dataset, "method": BASE_MODEL, "runs": []})
                 for method in spec["methods"]:
-                    run = self._run_for(model, dataset, method, {}, slug(self.methods[method]["objective"]),
-                                        f"{table}:{method}")
-                    self._add_benchmarks(run, spec["benchmarks"])
-                    cells.append({"model": model, "dataset": dataset, "method": method, "run": run})
+                    runs = self._runs_for(model, dataset, method, {}, slug(self.methods[method]["objective"]),
+                                          f"{table}:{method}", spec.get("seeds") or self.seeds)
+                    for run in runs:
+                        self._add_benchmarks(run, spec["benchmarks"])
+                    cells.append({"model": model, "dataset": dataset, "method": method, "runs": runs})
             self._cells[table] = cells
+
+    def figure_benchmarks(self, figure: str) -> list[str]:
+        """A figure's benchmarks: its own list, or every benchmark but the validation benchmark of selection."""
+        return self.figures[figure].get("benchmarks") or [b for b in self.benchmarks if b != self.validation]
 
     def _plan_figures(self) -> None:
         for figure, spec in self.figures.items():
             model, dataset = spec["model"], spec["dataset"]
-            benchmarks = spec.get("benchmarks") or list(self.benchmarks)
+            benchmarks = self.figure_benchmarks(figure)
+            seeds = spec.get("seeds") or self.seeds
             points = []
             for method in spec.get("methods", []):
-                run = self._run_for(model, dataset, method, {}, slug(self.methods[method]["objective"]),
-                                    f"{figure}:{method}")
-                self._add_benchmarks(run, benchmarks)
-                points.append({"method": method, "run": run})
+                runs = self._runs_for(model, dataset, method, {}, slug(self.methods[method]["objective"]),
+                                      f"{figure}:{method}", seeds)
+                points.append({"method": method, "runs": runs})
             for sweep in spec.get("sweeps", []):
                 for value in sweep["values"]:
                     variant = f"{slug(self.methods[spec['method']]['objective'])}-{sweep['name']}{number_slug(value)}"
-                    run = self._run_for(model, dataset, spec["method"], {sweep["param"]: value}, variant,
-                                        f"{figure}:{sweep['name']}={value:g}")
-                    self._add_benchmarks(run, benchmarks)
+                    runs = self._runs_for(model, dataset, spec["method"], {sweep["param"]: value}, variant,
+                                          f"{figure}:{sweep['name']}={value:g}", seeds)
                     points.append({"sweep": sweep["name"], "label": sweep["label"], "param": sweep["param"],
-                                   "value": value, "run": run})
+                                   "value": value, "runs": runs})
+            for point in points:
+                for run in point["runs"]:
+                    self._add_benchmarks(run, benchmarks)
             self._sweeps[figure] = points
 
     def _check_run_configs(self) -> None:
-        for name in self.runs:
+        """Every run config through conspo.runconfig's checks; an error names the workflow-config key at fault."""
+        for name, run in self.runs.items():
             try:
                 parse_config(self.run_config(name), check_paths=False)
             except ConfigError as err:
-                run = self.runs[name]
-                raise PlanError(f"training (model {run.model!r}, method {run.objective!r}): {err}") from None
+                key, _, message = str(err).partition(": ")
+                raise PlanError(f"{self._source_key(run, key)}: {message} (run {name})") from None
 
     # ------------------------------------------------------------------------------------------ paths
     def model_dir(self, model: str) -> str:
@@ -297,6 +395,13 @@ class Plan:
 
     def selection(self, run: str) -> str:
         return f"{self.results}/selected/{run}.json"
+
+    def validation_check(self, run: str) -> list[str]:
+        """The record that the validation benchmark shares no problem with a run's training set (none when the
+        config names no validation benchmark)."""
+        if self.validation is None:
+            return []
+        return [f"{self.results}/data/validation/{slug(self.runs[run].dataset)}.json"]
 
     def table_prefix(self, table: str) -> str:
         return f"{self.results}/tables/{table}/{table}"
@@ -334,9 +439,9 @@ class Plan:
         model = self.models[run.model]
         config = {
             "name": run.name,
-            "seed": self.config["seed"],
+            "seed": run.seed,
             "model": {"path": self.model_dir(run.model), **model.get("load", {})},
-            "data": {"train": self.train_data(run.dataset)},
+            "data": {"train": self.train_data(run.dataset), "n_prompts": self.n_prompts(run.dataset)},
             "method": {"name": run.objective, "params": dict(run.params)},
         }
         return sorted_keys({**config, **copy.deepcopy(run.trainer)})
@@ -349,8 +454,9 @@ class Plan:
         return checkpoint_steps(cfg, self.n_prompts(self.runs[run_name].dataset))
 
     def run_benchmarks(self, run_name: str) -> list[str]:
-        """Benchmarks a run's checkpoints are evaluated on: the union over the tables and figures it serves."""
-        wanted = self._benchmarks_of_run[run_name]
+        """Benchmarks a run's checkpoints are evaluated on: the union over the tables and figures it serves, and
+        the validation benchmark of checkpoint selection (`selection.validation`)."""
+        wanted = self._benchmarks_of_run[run_name] + [self.validation]
         return [b for b in self.benchmarks if b in wanted]
 
     def base_benchmarks(self, model: str) -> list[str]:
@@ -403,15 +509,15 @@ class Plan:
         spec = self.tables[table]
         cells = []
         for cell in self._cells[table]:
-            cell = dict(cell)
-            if cell["run"] is None:
+            cell = dict(cell, seeds=[self.runs[run].seed for run in cell["runs"]],
+                        selections=[self.selection(run) for run in cell["runs"]])
+            if not cell["runs"]:
                 cell["metrics"] = {b: self.base_metrics(cell["model"], b) for b in spec["benchmarks"]}
-            else:
-                cell["selection"] = self.selection(cell["run"])
             cells.append(cell)
         return {"table": table, "number": spec.get("number"), "title": spec["title"], "benchmarks": spec["benchmarks"],
                 "methods": ([BASE_MODEL] if spec.get("base_model", False) else []) + list(spec["methods"]),
                 "blocks": [dict(b) for b in spec["blocks"]], "reference": spec.get("reference"),
+                "validation": self.validation,
                 "benchmark_labels": {b: self.benchmarks[b].get("label", b) for b in spec["benchmarks"]},
                 "metrics": {b: self.benchmarks[b]["metric"] for b in spec["benchmarks"]}, "cells": cells}
 
@@ -419,18 +525,19 @@ class Plan:
         spec = self.table_spec(table)
         files = []
         for cell in spec["cells"]:
-            files += list(cell["metrics"].values()) if cell["run"] is None else [cell["selection"]]
+            files += cell["selections"] or list(cell["metrics"].values())
         return files
 
     def figure_spec(self, figure: str) -> dict:
         spec = self.figures[figure]
-        points = [dict(p, selection=self.selection(p["run"]), metrics_log=f"{self.run_dir(p['run'])}/metrics.jsonl")
+        points = [dict(p, selections=[self.selection(run) for run in p["runs"]],
+                       metrics_logs=[f"{self.run_dir(run)}/metrics.jsonl" for run in p["runs"]])
                   for p in self._sweeps[figure]]
         out = {"figure": figure, "title": spec.get("title", figure), "model": spec["model"],
-               "dataset": spec["dataset"], "benchmarks": spec.get("benchmarks") or list(self.benchmarks),
+               "dataset": spec["dataset"], "benchmarks": self.figure_benchmarks(figure),
                "points": points}
         if spec.get("methods"):
-            out["tau"] = self.runs[points[-1]["run"]].params.get("tau", 10.0)
+            out["tau"] = self.runs[points[-1]["runs"][0]].params.get("tau", 10.0)
         if "method" in spec:
             method = self.methods[spec["method"]]
             out["method"] = spec["method"]
@@ -440,8 +547,8 @@ class Plan:
 
     def figure_inputs(self, figure: str) -> list[str]:
         spec = self.figure_spec(figure)
-        return sorted({f"{self.run_dir(p['run'])}/done.json" if "method" in p else p["selection"]
-                       for p in spec["points"]})
+        return sorted({path for p in spec["points"] for path in
+                       ([f"{self.run_dir(run)}/done.json" for run in p["runs"]] if "method" in p else p["selections"])})
 
     def spec(self, name: str) -> dict:
         """The JSON spec of a table or figure, by its config key."""
@@ -462,10 +569,13 @@ class Plan:
                 "mem_mb": spec["mem_mb"], "runtime": spec["runtime"], **slurm}
 
     def train_command(self, run_name: str, config: str, mpi: str) -> str:
-        """The shell command of one training run: plain, accelerate on one node, or srun + accelerate on several."""
+        """The shell command of one training run: plain, accelerate on one node, or srun + accelerate on several.
+        A run folder left by a different config (the run's settings changed, or a corrected value after a failed
+        set-up) is moved to its superseded/ folder and the run starts over (`--replace-changed-run`)."""
         spec = self.models[self.runs[run_name].model]["resources"]["train"]
         nodes, gpus = spec["nodes"], spec["gpus_per_node"]
-        train = f"train --config {shlex.quote(config)} --out {shlex.quote(self.run_dir(run_name))}"
+        train = (f"train --config {shlex.quote(config)} --out {shlex.quote(self.run_dir(run_name))} "
+                 "--replace-changed-run")
         if nodes == 1 and gpus <= 1:
             return f"conspo {train}"
         accelerate = f"accelerate launch --config_file {shlex.quote(spec['accelerate_config'])}" \

@@ -46,7 +46,7 @@ def _wait_for(driver, script: str, timeout: float = 30.0):
 def inspect_report(report: str, screenshot: str, open_entries: tuple[str, ...] = ()) -> dict:
     """What the report shows: its visible text, its embedded result files (name -> MIME type) and, for each name in
     `open_entries`, what opening it displays (tables: the number of <table> elements and their text; images: the
-    natural size). Saves a screenshot of the front page at `screenshot`."""
+    size Chromium decodes it to; every entry its caption). Saves a screenshot of the front page at `screenshot`."""
     with tempfile.TemporaryDirectory(prefix="conspo-chromium-") as profile:
         driver = _driver(profile)
         try:
@@ -65,21 +65,34 @@ def inspect_report(report: str, screenshot: str, open_entries: tuple[str, ...] =
 
 
 def _open_entry(driver, name: str) -> dict:
-    """Decode one embedded result the way the report displays it and describe its content."""
-    return driver.execute_script(
+    """Decode one embedded result the way the report displays it and describe its content: every entry its caption
+    (as text); HTML its number of tables, its text and its hover texts; an image the size Chromium decodes it to."""
+    driver.set_script_timeout(30)
+    return driver.execute_async_script(
         """
+        const done = arguments[arguments.length - 1];
         const entry = Object.entries(results).find(([k, v]) => k.endsWith(arguments[0]));
-        if (!entry) return {found: false};
+        if (!entry) { done({found: false}); return; }
         const [path, result] = entry;
         const data = result.data_uri;
+        const caption = new DOMParser().parseFromString(result.caption || '', 'text/html').body.textContent.trim();
+        const described = {found: true, path: path, mime: result.mime_type, caption: caption, bytes: data.length};
         if (result.mime_type === 'text/html') {
             const html = atob(data.split(',')[1]);
             const doc = new DOMParser().parseFromString(new TextDecoder().decode(
                 Uint8Array.from(html, c => c.charCodeAt(0))), 'text/html');
-            return {found: true, path: path, mime: result.mime_type, tables: doc.querySelectorAll('table').length,
-                    text: doc.body.innerText || doc.body.textContent};
+            done(Object.assign(described, {tables: doc.querySelectorAll('table').length,
+                                           text: doc.body.innerText || doc.body.textContent,
+                                           hover: Array.from(doc.querySelectorAll('[title]'), e => e.title)}));
+        } else if (result.mime_type.startsWith('image/')) {
+            const image = new Image();
+            image.onload = () => done(Object.assign(described, {width: image.naturalWidth,
+                                                                height: image.naturalHeight}));
+            image.onerror = () => done(Object.assign(described, {width: 0, height: 0}));
+            image.src = data;
+        } else {
+            done(described);
         }
-        return {found: true, path: path, mime: result.mime_type, bytes: data.length};
         """, name)
 
 

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from .objective import build_objective
+from .objective import ParameterError, build_objective
+from .typed import typed_value
+from .verifier import EXTRACTIONS
 
 
 class ConfigError(ValueError):
@@ -34,6 +36,7 @@ class ModelConfig:
 class DataConfig:
     train: str = ""  # JSONL of records {id, problem, answer, source} (conspo prepare-data)
     limit: int | None = None  # use only the first `limit` records (smoke tests)
+    n_prompts: int | None = None  # records the run must find (after `limit`): the steps and checkpoints planned on it
 
 
 @dataclass
@@ -84,6 +87,8 @@ class TrainConfig:
     adam_eps: float = 1.0e-8
     max_grad_norm: float = 1.0
     checkpoint_every: int = 100  # checkpoint (and evaluation) cadence in steps; the last step is always saved
+    save_every: int | None = None  # steps between resumable states besides those at checkpoints (None: only there)
+    save_every_minutes: float | None = None  # ... or minutes of wall time since the last one (whichever comes first)
     gradient_checkpointing: bool = False
 
 
@@ -130,57 +135,32 @@ CHOICES = {
     "rollout.engine": ("transformers", "vllm"),
     "rollout.vllm.mode": ("colocate", "server"),
     "train.lr_schedule": ("constant", "linear", "cosine"),
+    "verifier.extraction": EXTRACTIONS,
 }
-POSITIVE = {"rollout.group_size", "rollout.max_new_tokens", "rollout.max_prompt_tokens",
-            "rollout.prompts_per_generation", "rollout.vllm.tensor_parallel_size", "train.prompts_per_step",
-            "train.rollouts_per_step", "train.mini_batches_per_step", "train.ppo_epochs", "train.micro_batch_size",
-            "train.epochs", "train.total_steps", "train.checkpoint_every", "train.lr", "data.limit",
-            "verifier.timeout", "verifier.workers", "dynamic_sampling.max_rounds", "overlong_shaping.buffer"}
-NON_NEGATIVE = {"rollout.temperature", "train.warmup_steps", "train.weight_decay", "train.adam_eps",
-                "train.max_grad_norm", "overlong_shaping.penalty"}
+POSITIVE = {"rollout.max_new_tokens", "rollout.max_prompt_tokens", "rollout.temperature",
+            "rollout.prompts_per_generation", "rollout.vllm.tensor_parallel_size", "rollout.vllm.server_timeout",
+            "train.prompts_per_step", "train.rollouts_per_step", "train.mini_batches_per_step", "train.ppo_epochs",
+            "train.micro_batch_size", "train.epochs", "train.total_steps", "train.checkpoint_every", "train.save_every",
+            "train.save_every_minutes", "train.lr", "data.limit", "data.n_prompts", "verifier.timeout",
+            "verifier.workers", "dynamic_sampling.max_rounds", "overlong_shaping.buffer"}
+NON_NEGATIVE = {"train.warmup_steps", "train.weight_decay", "train.adam_eps", "train.max_grad_norm",
+                "overlong_shaping.penalty"}
+RANGES = {  # key: (whether a value is allowed, the requirement in words)
+    "seed": (lambda v: 0 <= v < 2**32, "in [0, 2**32) (numpy's seed range)"),
+    "rollout.group_size": (lambda v: v >= 2, ">= 2 (a group of one rollout has no contrast: every advantage, so "
+                                             "every gradient, is 0)"),
+    "rollout.top_p": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "rollout.vllm.gpu_memory_utilization": (lambda v: 0 < v <= 1, "in (0, 1]"),
+    "rollout.vllm.server_port": (lambda v: 0 < v < 65536, "a TCP port (1-65535)"),
+    "train.adam_betas": (lambda v: all(0 <= beta < 1 for beta in v), "two values in [0, 1)"),
+}
 
 
 def _value(key: str, kind, raw):
     """`raw` checked (and lightly converted) against the annotation `kind`; ConfigError naming `key` otherwise."""
-    origin = typing.get_origin(kind)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        options = [k for k in typing.get_args(kind) if k is not type(None)]
-        if raw is None:
-            return None
-        return _value(key, options[0], raw)
     if dataclasses.is_dataclass(kind):
         return _section(kind, raw, key)
-    if kind is bool:
-        if not isinstance(raw, bool):
-            raise ConfigError(f"{key}: expected true or false, got {raw!r}")
-        return raw
-    if kind is int:
-        if isinstance(raw, bool) or not isinstance(raw, int):
-            raise ConfigError(f"{key}: expected an integer, got {raw!r}")
-        return raw
-    if kind is float:
-        if isinstance(raw, str):  # YAML 1.1 reads 2e-6 (no dot) as a string
-            try:
-                raw = float(raw)
-            except ValueError:
-                raise ConfigError(f"{key}: expected a number, got {raw!r}") from None
-        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
-            raise ConfigError(f"{key}: expected a finite number, got {raw!r}")
-        return float(raw)
-    if kind is str:
-        if not isinstance(raw, str):
-            raise ConfigError(f"{key}: expected a string, got {raw!r}")
-        return raw
-    if kind is dict or origin is dict:
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {raw!r}")
-        return dict(raw)
-    if origin is tuple:
-        items = typing.get_args(kind)
-        if not isinstance(raw, (list, tuple)) or len(raw) != len(items):
-            raise ConfigError(f"{key}: expected a list of {len(items)} values, got {raw!r}")
-        return tuple(_value(f"{key}[{i}]", k, v) for i, (k, v) in enumerate(zip(items, raw)))
-    raise TypeError(f"{key}: unsupported annotation {kind!r}")
+    return typed_value(key, kind, raw, ConfigError)
 
 
 def _section(cls, raw, prefix: str):
@@ -205,6 +185,8 @@ def _section(cls, raw, prefix: str):
             raise ConfigError(f"{key}: must be >= 0, got {value!r}")
         if key in CHOICES and value not in CHOICES[key]:
             raise ConfigError(f"{key}: must be one of {', '.join(CHOICES[key])}, got {value!r}")
+        if value is not None and key in RANGES and not RANGES[key][0](value):
+            raise ConfigError(f"{key}: must be {RANGES[key][1]}, got {value!r}")
         values[name] = value
     return cls(**values)
 
@@ -222,6 +204,8 @@ def parse_config(raw: dict, *, check_paths: bool = True) -> RunConfig:
     except KeyError as err:  # unknown method or parameter: the registry's message names it
         key = "method.name" if "unknown method" in str(err) else "method.params"
         raise ConfigError(f"{key}: {err.args[0]}") from None
+    except ParameterError as err:  # the message starts with the parameter's name
+        raise ConfigError(f"method.params.{err}") from None
     except (TypeError, ValueError) as err:
         raise ConfigError(f"method.params: {err}") from None
     if check_paths:

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor
 
 from .batch import RolloutBatch, SequenceInfo
-from .losses import KL_ESTIMATORS, STD_MODES, aggregate_token_sums, group_advantages, masked_sum
-from .objective import Objective
+from .losses import AGGREGATIONS, KL_ESTIMATORS, STD_MODES, aggregate_token_sums, group_advantages, masked_sum
+from .objective import Objective, check_parameter
 
 
 @dataclass
@@ -32,8 +32,9 @@ class GroupRelative(Objective):
     advantage_eps: float = 1e-6
 
     def __post_init__(self):
-        if self.advantage_std not in STD_MODES:
-            raise ValueError(f"{self.name}.advantage_std must be one of {STD_MODES}, got {self.advantage_std!r}")
+        check_parameter("advantage_std", self.advantage_std, self.advantage_std in STD_MODES,
+                        f"one of {', '.join(STD_MODES)}")
+        check_parameter("advantage_eps", self.advantage_eps, self.advantage_eps >= 0, ">= 0")
 
     def advantages(self, rewards: Tensor, group_ids: Tensor) -> Tensor:
         return group_advantages(rewards, group_ids, self.advantage_std, self.advantage_eps)
@@ -51,10 +52,15 @@ class TokenSurrogate(GroupRelative):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(f"kl_estimator {self.kl_estimator!r} is not one of {sorted(KL_ESTIMATORS)}")
-        # fail at construction, not at the first step, on a bad aggregation
-        aggregate_token_sums(torch.zeros(1), torch.ones(1), self.aggregation, self.aggregation_constant)
+        check_parameter("kl_coef", self.kl_coef, self.kl_coef >= 0, ">= 0")
+        check_parameter("kl_estimator", self.kl_estimator, self.kl_estimator in KL_ESTIMATORS,
+                        f"one of {', '.join(KL_ESTIMATORS)}")
+        check_parameter("aggregation", self.aggregation, self.aggregation in AGGREGATIONS,
+                        f"one of {', '.join(AGGREGATIONS)}")
+        constant = self.aggregation_constant
+        if constant is not None or self.aggregation == "seq-mean-token-sum-norm":
+            check_parameter("aggregation_constant", constant, constant is not None and constant > 0,
+                            "> 0 (the constant of seq-mean-token-sum-norm, e.g. the max response length)")
 
     @property
     def needs_reference(self) -> bool:

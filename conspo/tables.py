@@ -3,19 +3,22 @@ beyond the paper (no `number`: every cell says it has no published counterpart) 
 
     conspo tables aggregate --spec specs/table1.json --cells tables/table1/cells.csv --paired tables/table1/paired.csv
     conspo tables render --spec specs/table1.json --cells ... --paired ... --published config/published_tables.csv \
-        --out-prefix tables/table1/table1        # -> .csv .md .tex .html
+        --out-prefix tables/table1/table1        # -> .csv .md .tex .html and -verdicts.png
 
-`aggregate` reads the selection of every run (conspo select) and the base models' metrics files and writes the cells
-in long form (one line per row x benchmark x checkpoint choice, the average over the table's benchmarks included)
-and the paired differences of the reference method (ConSPO) against every other row, per benchmark, at the best
-checkpoints (conspo.metrics.paired_difference: mean per-problem difference and its standard error).
+`aggregate` reads the selection of every run (conspo select; one run per seed) and the base models' metrics files
+and writes the cells in long form (one line per row x benchmark x checkpoint choice, the average over the table's
+benchmarks included): the mean over seeds, its standard error combining problems and seeds, both parts, and each
+seed's value (conspo.significance). It also writes the paired comparison of the reference method (ConSPO) against
+every other row, per benchmark and on the average, for every checkpoint choice: difference, interval and verdict.
 
 `render` lays the cells out as the paper does (rows = methods, columns = benchmarks + Avg., one block per model):
-each cell shows the reproduced value at the best checkpoint ± its standard error over problems, and the paper's
-value with the difference where the paper has the cell; one note under the title names the cells it does not have
-(all of them for the embedded default and tables beyond the paper). Per block and column the best value is bold and
-the runner-up underlined (on the displayed one-decimal values, ties share the mark; base-model rows are not
-ranked). The last checkpoint's table and the paired differences follow.
+each cell shows the reproduced value at the best checkpoint ± its standard error, and the paper's value with
+the difference where the paper has the cell; one note under the title names the cells it does not have (all of them
+for the embedded default and tables beyond the paper); in HTML each cell's hover text gives every seed's value. Per
+block and column the best value is bold and the runner-up underlined (on the displayed one-decimal values, ties
+share the mark; base-model rows are not ranked). The last checkpoint's table (and the validated one when the config
+names a validation benchmark) and the verdicts follow; the verdict plot shows the intervals beside the paper's
+claimed differences.
 """
 
 from __future__ import annotations
@@ -26,26 +29,30 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .atomic import write_text_atomic
-from .metrics import paired_difference
 from .names import AVERAGE, BASE_MODEL
+from .significance import LEVEL, Term, compare, estimate
 
-SELECTIONS = ("best", "last")
-CELL_COLUMNS = ["number", "model", "dataset", "method", "run", "selection", "step", "benchmark", "metric", "value",
-                "se_problems", "se_generation", "k", "n_problems"]
-PAIRED_COLUMNS = ["model", "dataset", "reference", "method", "benchmark", "difference", "se", "n_problems"]
+CELL_COLUMNS = ["number", "model", "dataset", "method", "runs", "selection", "step", "benchmark", "metric", "value",
+                "se", "se_problems", "se_seeds", "se_generation", "seeds", "per_seed", "k", "n_problems"]
+PAIRED_COLUMNS = ["model", "dataset", "selection", "reference", "method", "benchmark", "difference", "se",
+                  "se_problems", "se_seeds", "df", "low", "high", "level", "comparisons", "verdict", "seeds_measured",
+                  "n_problems"]
 AVERAGE_LABEL = "Avg."
 NO_PUBLISHED = "no published value"
+SEPARATOR = ";"  # between the per-seed entries of a CSV field
+
+
+def selections(spec: dict) -> tuple[str, ...]:
+    """The checkpoint choices of a table: best (as the paper), last, and validated when the config names a
+    validation benchmark (conspo select)."""
+    return ("best", "last") + (("validated",) if spec.get("validation") else ())
 
 
 # ---------------------------------------------------------------------------------------------- aggregate
-
-
-def combined_se(errors: list[float]) -> float:
-    """Standard error of a mean of independent estimates: sqrt(sum se^2) / n."""
-    return math.sqrt(sum(e * e for e in errors)) / len(errors)
 
 
 def _read_json(path: str) -> dict:
@@ -53,64 +60,103 @@ def _read_json(path: str) -> dict:
         return json.load(handle)
 
 
-def cell_checkpoints(cell: dict) -> dict[str, dict]:
-    """{'best': {step, benchmarks: {name: metrics}}, 'last': ...} of one table row (base model: step 0 for both)."""
-    if cell["run"] is None:
+def cell_checkpoints(cell: dict, choices: tuple[str, ...]) -> list[dict[str, dict]]:
+    """Per seed, {'best': {step, benchmarks: {name: metrics}}, 'last': ..., ...} of one table row (a base model:
+    one entry, step 0 for every choice)."""
+    if not cell["runs"]:
         metrics = {b: _read_json(path) for b, path in cell["metrics"].items()}
-        return {choice: {"step": 0, "benchmarks": metrics} for choice in SELECTIONS}
-    selection = _read_json(cell["selection"])
-    return {choice: selection[choice] for choice in SELECTIONS}
+        return [{choice: {"step": 0, "benchmarks": metrics} for choice in choices}]
+    seeds = []
+    for path in cell["selections"]:
+        selection = _read_json(path)
+        missing = [choice for choice in choices if choice not in selection]
+        if missing:
+            raise ValueError(f"{path}: no {', '.join(missing)} checkpoint (select it with --validation)")
+        seeds.append({choice: selection[choice] for choice in choices})
+    return seeds
+
+
+def per_seed_rates(spec: dict, cell: dict, per_seed: list[dict], bench: str) -> tuple[np.ndarray, dict]:
+    """[S, N] per-problem rates c/k of one benchmark over a row's seeds, and the first seed's metrics."""
+    found = []
+    for chosen in per_seed:
+        if bench not in chosen["benchmarks"]:
+            raise ValueError(f"{spec['table']}: {cell['method']} on {cell['model']} has no {bench} evaluation")
+        found.append(chosen["benchmarks"][bench])
+    if len({(m["k"], len(m["per_problem_correct"])) for m in found}) != 1:
+        raise ValueError(f"{spec['table']}: the seeds of {cell['method']} on {cell['model']} were evaluated on {bench} "
+                         "with different k or problems")
+    return np.array([m["per_problem_correct"] for m in found], dtype=float) / found[0]["k"], found[0]
+
+
+def _joined(values) -> str:
+    return SEPARATOR.join(f"{value:.4f}" if isinstance(value, float) else str(value) for value in values)
 
 
 def aggregate(spec: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The long-form cells of one table and the paired differences against its reference method."""
-    rows, counts = [], {}
+    """The long-form cells of one table (mean over seeds, seed-aware errors, per-seed values) and the verdicts of its
+    reference method against every other row (conspo.significance)."""
+    choices = selections(spec)
+    rows, terms = [], {}
     for cell in spec["cells"]:
-        checkpoints = cell_checkpoints(cell)
-        for choice in SELECTIONS:
-            chosen = checkpoints[choice]
+        checkpoints = cell_checkpoints(cell, choices)
+        for choice in choices:
+            chosen = [seed[choice] for seed in checkpoints]
             base = {"number": spec["number"], "model": cell["model"], "dataset": cell["dataset"],
-                    "method": cell["method"], "run": cell["run"] or "", "selection": choice, "step": chosen["step"]}
-            values, errors = [], []
+                    "method": cell["method"], "runs": _joined(cell["runs"]), "selection": choice,
+                    "step": _joined(c["step"] for c in chosen), "seeds": len(chosen)}
+            rates = []
             for bench in spec["benchmarks"]:
-                if bench not in chosen["benchmarks"]:
-                    raise ValueError(f"{spec['table']}: {cell['method']} on {cell['model']} has no {bench} evaluation")
-                m = chosen["benchmarks"][bench]
-                rows.append({**base, "benchmark": bench, "metric": m["metric"], "value": m["value"],
-                             "se_problems": m["se_problems"], "se_generation": m["se_generation"], "k": m["k"],
-                             "n_problems": m["n_problems"]})
-                values.append(m["value"])
-                errors.append(m["se_problems"])
-                if choice == "best":
-                    counts[(cell["model"], cell["dataset"], cell["method"], bench)] = (m["per_problem_correct"], m["k"])
-            rows.append({**base, "benchmark": AVERAGE, "metric": "mean", "value": sum(values) / len(values),
-                         "se_problems": combined_se(errors), "se_generation": math.nan, "k": math.nan,
-                         "n_problems": math.nan})
-    paired = []
+                bench_rates, first = per_seed_rates(spec, cell, chosen, bench)
+                rates.append(bench_rates)
+                result = estimate([Term([bench_rates], trained=bool(cell["runs"]))])
+                generation = [c["benchmarks"][bench]["se_generation"] for c in chosen]
+                se_generation = math.sqrt(sum(se ** 2 for se in generation)) / len(generation)
+                rows.append({**base, "benchmark": bench, "metric": first["metric"], "value": float(result.value),
+                             "se": float(result.se), "se_problems": float(result.se_problems),
+                             "se_seeds": float(result.se_seeds), "se_generation": se_generation,
+                             "per_seed": _joined(100.0 * bench_rates.mean(-1)), "k": first["k"],
+                             "n_problems": bench_rates.shape[1]})
+            term = Term(rates, trained=bool(cell["runs"]))
+            terms[(cell["model"], cell["dataset"], cell["method"], choice)] = term
+            result = estimate([term])
+            rows.append({**base, "benchmark": AVERAGE, "metric": "mean", "value": float(result.value),
+                         "se": float(result.se), "se_problems": float(result.se_problems),
+                         "se_seeds": float(result.se_seeds), "se_generation": math.nan,
+                         "per_seed": _joined(100.0 * sum(r.mean(-1) for r in rates) / len(rates)),
+                         "k": math.nan, "n_problems": math.nan})
+    return pd.DataFrame(rows, columns=CELL_COLUMNS), pd.DataFrame(verdicts(spec, terms), columns=PAIRED_COLUMNS)
+
+
+def verdicts(spec: dict, terms: dict) -> list[dict]:
+    """Reference - other per column, at LEVEL family-wise over the column's comparisons (every other row of every
+    block: Bonferroni), for every checkpoint choice."""
     reference = spec.get("reference")
-    if reference is not None:
+    if reference is None:
+        return []
+    others = [m for m in spec["methods"] if m != reference]
+    comparisons = len(others) * len(spec["blocks"])
+    keys, pairs = [], []
+    for choice in selections(spec):
         for block in spec["blocks"]:
             model, dataset = block["model"], block["dataset"]
-            for method in spec["methods"]:
-                if method == reference:
-                    continue
-                means, errors = [], []
-                for bench in spec["benchmarks"]:
-                    ref_counts, k = counts[(model, dataset, reference, bench)]
-                    other_counts, other_k = counts[(model, dataset, method, bench)]
-                    if other_k != k:
-                        raise ValueError(f"{spec['table']}: {method} and {reference} were evaluated with different k "
-                                         f"on {bench} ({other_k} vs {k})")
-                    diff = paired_difference(ref_counts, other_counts, k)
-                    paired.append({"model": model, "dataset": dataset, "reference": reference, "method": method,
-                                   "benchmark": bench, "difference": diff.mean, "se": diff.se,
-                                   "n_problems": len(ref_counts)})
-                    means.append(diff.mean)
-                    errors.append(diff.se)
-                paired.append({"model": model, "dataset": dataset, "reference": reference, "method": method,
-                               "benchmark": AVERAGE, "difference": sum(means) / len(means),
-                               "se": combined_se(errors), "n_problems": math.nan})
-    return pd.DataFrame(rows, columns=CELL_COLUMNS), pd.DataFrame(paired, columns=PAIRED_COLUMNS)
+            ours = terms[(model, dataset, reference, choice)]
+            for method in others:
+                theirs = terms[(model, dataset, method, choice)]
+                for index, bench in enumerate([*spec["benchmarks"], AVERAGE]):
+                    if bench == AVERAGE:
+                        pair = (ours, theirs)
+                    else:
+                        pair = tuple(Term([t.rates[index]], t.sign, t.trained) for t in (ours, theirs))
+                        if pair[0].rates[0].shape[-1] != pair[1].rates[0].shape[-1]:
+                            raise ValueError(f"{spec['table']}: {method} and {reference} were evaluated on different "
+                                             f"problems of {bench}")
+                    keys.append({"model": model, "dataset": dataset, "selection": choice, "reference": reference,
+                                 "method": method, "benchmark": bench,
+                                 "n_problems": pair[0].rates[0].shape[-1] if bench != AVERAGE else math.nan})
+                    pairs.append(pair)
+    return [{**key, **result._asdict(), "level": LEVEL, "comparisons": comparisons}
+            for key, result in zip(keys, compare(pairs, comparisons))]
 
 
 # ---------------------------------------------------------------------------------------------- render
@@ -132,25 +178,37 @@ def columns_of(spec: dict) -> list[tuple[str, str]]:
     return [(b, spec["benchmark_labels"][b]) for b in spec["benchmarks"]] + [(AVERAGE, AVERAGE_LABEL)]
 
 
+CAPTIONS = {"best": "Best checkpoint (as the paper reports: chosen on these benchmarks)", "last": "Last checkpoint",
+            "validated": "Checkpoint chosen on the validation benchmark {validation}"}
+
+
+def caption(spec: dict, selection: str) -> str:
+    return CAPTIONS[selection].format(validation=spec.get("validation"))
+
+
 def layout(spec: dict, cells: pd.DataFrame, published: dict, selection: str) -> list[dict]:
-    """One dict per table row in the paper's order: block, method, step, and per column value/se/paper/diff/mark."""
+    """One dict per table row in the paper's order: block, method, steps, seeds, and per column value, errors,
+    per-seed values, paper/diff and mark."""
     rows = []
-    chosen = cells[cells["selection"] == selection]
+    lines = {(line["model"], line["dataset"], line["method"], line["benchmark"]): line
+             for line in cells[cells["selection"] == selection].to_dict("records")}
+    seeds_of = {(c["model"], c["dataset"], c["method"]): c["seeds"] for c in spec["cells"]}
     for block in spec["blocks"]:
         block_rows = []
         for method in spec["methods"]:
-            found = chosen[(chosen["model"] == block["model"]) & (chosen["dataset"] == block["dataset"])
-                           & (chosen["method"] == method)]
-            if found.empty:
+            key = (block["model"], block["dataset"], method)
+            if (*key, AVERAGE) not in lines:
                 raise ValueError(f"{spec['table']}: no cells for {method} on {block['model']}")
             row = {"model": block["model"], "dataset": block["dataset"], "method": method,
-                   "step": int(found["step"].iloc[0]), "cells": {}}
+                   "step": str(lines[(*key, AVERAGE)]["step"]), "seeds": seeds_of[key], "cells": {}}
             for bench, _ in columns_of(spec):
-                line = found[found["benchmark"] == bench].iloc[0]
+                line = lines[(*key, bench)]
                 paper = published.get((spec["number"], block["model"], block["dataset"], method, bench))
                 value = float(line["value"])
-                row["cells"][bench] = {"value": value, "se": float(line["se_problems"]), "paper": paper,
-                                       "diff": None if paper is None else value - paper, "mark": ""}
+                row["cells"][bench] = {"value": value, "se": float(line["se"]),
+                                       "se_problems": float(line["se_problems"]), "se_seeds": float(line["se_seeds"]),
+                                       "per_seed": [float(v) for v in str(line["per_seed"]).split(SEPARATOR)],
+                                       "paper": paper, "diff": None if paper is None else value - paper, "mark": ""}
             block_rows.append(row)
         mark_best(block_rows, [b for b, _ in columns_of(spec)])
         rows += block_rows
@@ -194,40 +252,100 @@ def unpublished_note(spec: dict, rows: list[dict]) -> str | None:
     return f"The paper has {NO_PUBLISHED} for: {'; '.join(parts)}."
 
 
+def seed_note(row: dict, cell: dict) -> str:
+    """What the ± of a cell holds and, over several seeds, each seed's value (the HTML hover text)."""
+    if row["method"] == BASE_MODEL:
+        return f"base model, one evaluation: ± {cell['se']:.1f} over problems"
+    if len(row["seeds"]) == 1:
+        return (f"seed {row['seeds'][0]} only: ± {cell['se']:.1f} over problems; run-to-run variance not measured "
+                "(one seed)")
+    values = ", ".join(f"{v:.1f} (seed {seed})" for v, seed in zip(cell["per_seed"], row["seeds"]))
+    return (f"mean of {len(row['seeds'])} seeds: {values}; ± {cell['se']:.1f} = problems {cell['se_problems']:.1f} "
+            f"and seeds {cell['se_seeds']:.1f} combined")
+
+
 def write_csv(spec: dict, cells: pd.DataFrame, published: dict, path: str) -> None:
     records = []
-    for selection in SELECTIONS:
+    for selection in selections(spec):
         for row in layout(spec, cells, published, selection):
             record = {"model": row["model"], "dataset": row["dataset"], "method": row["method"],
-                      "checkpoint": selection, "step": row["step"]}
+                      "checkpoint": selection, "step": row["step"], "seeds": SEPARATOR.join(map(str, row["seeds"]))}
             for bench, header in columns_of(spec):
                 cell = row["cells"][bench]
                 record.update({header: round(cell["value"], 2), f"{header} se": round(cell["se"], 2),
+                               f"{header} per seed": SEPARATOR.join(f"{v:.2f}" for v in cell["per_seed"]),
                                f"{header} paper": cell["paper"],
                                f"{header} diff": None if cell["diff"] is None else round(cell["diff"], 2)})
             records.append(record)
-    pd.DataFrame(records).to_csv(path, index=False)
+    write_text_atomic(path, pd.DataFrame(records).to_csv(index=False))
 
 
-def _paired_rows(spec: dict, paired: pd.DataFrame) -> list[tuple[str, str, dict]]:
-    out = []
+def claimed_difference(spec: dict, published: dict, model: str, dataset: str, method: str, bench: str):
+    """The paper's reference - method difference in a cell, None where it lacks either value."""
+    ours = published.get((spec["number"], model, dataset, spec["reference"], bench))
+    theirs = published.get((spec["number"], model, dataset, method, bench))
+    return None if ours is None or theirs is None else ours - theirs
+
+
+def verdict_rows(spec: dict, paired: pd.DataFrame, published: dict, selection: str) -> list[dict]:
+    """The verdicts of one checkpoint choice in table order, each with the paper's claimed difference."""
+    chosen = paired[paired["selection"] == selection]
+    rows = []
     for block in spec["blocks"]:
-        part = paired[(paired["model"] == block["model"]) & (paired["dataset"] == block["dataset"])]
         for method in spec["methods"]:
-            lines = part[part["method"] == method]
-            if not lines.empty:
-                out.append((block["model"], method, {r.benchmark: (r.difference, r.se) for r in lines.itertuples()}))
-    return out
+            lines = chosen[(chosen["model"] == block["model"]) & (chosen["dataset"] == block["dataset"])
+                           & (chosen["method"] == method)]
+            for line in lines.to_dict("records"):
+                line["claimed"] = claimed_difference(spec, published, block["model"], block["dataset"], method,
+                                                     line["benchmark"])
+                rows.append(line)
+    return rows
+
+
+def comparisons(row: dict) -> str:
+    return f"{row['comparisons']} comparison" + ("" if row["comparisons"] == 1 else "s")
+
+
+def seeds_sentence(spec: dict) -> str:
+    """What a cell's value and ± are, from the number of seeds of the table's trained rows."""
+    counts = sorted({len(cell["seeds"]) for cell in spec["cells"] if cell["runs"]})
+    if counts == [1]:
+        return ("Each cell: one training run (one seed) ± its standard error over problems; run-to-run variance is "
+                "not measured.")
+    return (f"Each cell: the mean over {' or '.join(map(str, counts))} training runs (seeds) ± its standard error "
+            "over problems and seeds; each seed's value in the CSV (and the HTML's hover text).")
+
+
+def verdict_heading(spec: dict, rows: list[dict], selection: str) -> str:
+    first = rows[0]
+    text = (f"{spec['reference']} − method ({selection} checkpoints): mean difference and its "
+            f"{first['level']:.0%} interval, family-wise over the {comparisons(first)} of each column "
+            f"(Bonferroni; Student t, Welch-Satterthwaite df); verdict for {spec['reference']}")
+    if not all(row["seeds_measured"] for row in rows):
+        text += (". One seed per run: run-to-run variance is not measured, the intervals hold problem and sampling "
+                 "noise only")
+    return text
+
+
+def _verdict_text(row: dict) -> str:
+    return f"{row['difference']:+.1f} [{row['low']:+.1f}, {row['high']:+.1f}] {row['verdict']}"
+
+
+def _verdict_table(spec: dict, rows: list[dict]) -> dict[tuple[str, str], dict[str, dict]]:
+    table: dict[tuple[str, str], dict[str, dict]] = {}
+    for row in rows:
+        table.setdefault((row["model"], row["method"]), {})[row["benchmark"]] = row
+    return table
 
 
 def write_markdown(spec: dict, cells: pd.DataFrame, paired: pd.DataFrame, published: dict, path: str) -> None:
     headers = [h for _, h in columns_of(spec)]
-    lines = [f"# {heading(spec)}", ""]
+    lines = [f"# {heading(spec)}", "", seeds_sentence(spec), ""]
     note = unpublished_note(spec, layout(spec, cells, published, "best"))
     if note:
         lines += [f"_{note}_", ""]
-    for selection, caption in (("best", "Best checkpoint (as the paper reports)"), ("last", "Last checkpoint")):
-        lines += [f"## {caption}", ""]
+    for selection in selections(spec):
+        lines += [f"## {caption(spec, selection)}", ""]
         rows = layout(spec, cells, published, selection)
         for block in spec["blocks"]:
             lines += [f"**{block['model']}** (trained on {block['dataset']})", "",
@@ -244,12 +362,15 @@ def write_markdown(spec: dict, cells: pd.DataFrame, paired: pd.DataFrame, publis
                     texts.append(f"{value} ± {cell['se']:.1f}{comparison}")
                 lines.append(f"| {row['method']} | {row['step']} | " + " | ".join(texts) + " |")
             lines.append("")
-    if spec.get("reference"):
-        lines += [f"## Paired differences: {spec['reference']} − method (best checkpoints; mean ± SE over problems)",
-                  "", "| Model | Method | " + " | ".join(headers) + " |", "|---|---|" + "---:|" * len(headers)]
-        for model, method, diffs in _paired_rows(spec, paired):
+    for selection in ("best", "validated"):
+        rows = verdict_rows(spec, paired, published, selection) if spec.get("reference") else []
+        if not rows:
+            continue
+        lines += [f"## Paired comparison: {verdict_heading(spec, rows, selection)}", "",
+                  "| Model | Method | " + " | ".join(headers) + " |", "|---|---|" + "---:|" * len(headers)]
+        for (model, method), by_bench in _verdict_table(spec, rows).items():
             lines.append(f"| {model} | {method} | " + " | ".join(
-                f"{diffs[b][0]:+.1f} ± {diffs[b][1]:.1f}" for b, _ in columns_of(spec)) + " |")
+                _verdict_text(by_bench[b]) for b, _ in columns_of(spec)) + " |")
         lines.append("")
     write_text_atomic(path, "\n".join(lines))
 
@@ -299,6 +420,7 @@ table.conspo th,table.conspo td{border-top:1px solid #ccc;padding:3px 8px;text-a
 table.conspo th:first-child,table.conspo td:first-child{text-align:left}
 table.conspo tr.block th{text-align:center;font-style:italic;background:#f4f4f4}
 .se{color:#555;font-size:11px}.paper{display:block;color:#666;font-size:11px}.nopaper{color:#a60}
+.better{color:#1a7f37}.worse{color:#c0392b}.interval{display:block;color:#555;font-size:11px}
 </style>"""
 
 
@@ -318,11 +440,30 @@ def _html_table(spec: dict, rows: list[dict], table_id: str) -> str:
                 value = f"{cell['value']:.1f}"
                 value = {"best": f"<b>{value}</b>", "second": f"<u>{value}</u>"}.get(cell["mark"], value)
                 note = "" if cell["paper"] is None else f'<span class="paper">{html.escape(_comparison(cell))}</span>'
-
-                tds.append(f'<td data-benchmark="{html.escape(bench)}">{value}'
+                per_seed = SEPARATOR.join(f"{v:.2f}" for v in cell["per_seed"])
+                tds.append(f'<td data-benchmark="{html.escape(bench)}" data-per-seed="{per_seed}" '
+                           f'title="{html.escape(seed_note(row, cell))}">{value}'
                            f' <span class="se">± {cell["se"]:.1f}</span>{note}</td>')
             out.append(f'<tr data-method="{html.escape(row["method"])}"><td>{html.escape(row["method"])}</td>'
-                       f"<td>{row['step']}</td>" + "".join(tds) + "</tr>")
+                       f"<td>{html.escape(row['step'])}</td>" + "".join(tds) + "</tr>")
+    out.append("</tbody></table>")
+    return "\n".join(out)
+
+
+def _html_verdicts(spec: dict, rows: list[dict], table_id: str) -> str:
+    columns = columns_of(spec)
+    out = [f'<table class="conspo" id="{table_id}"><thead><tr><th>Model</th><th>Method</th>'
+           + "".join(f"<th>{html.escape(h)}</th>" for _, h in columns) + "</tr></thead><tbody>"]
+    for (model, method), by_bench in _verdict_table(spec, rows).items():
+        tds = []
+        for bench, _ in columns:
+            row = by_bench[bench]
+            claim = "" if row["claimed"] is None else f"; paper {row['claimed']:+.1f}"
+            tds.append(f'<td data-benchmark="{html.escape(bench)}" data-verdict="{row["verdict"]}">'
+                       f'{row["difference"]:+.1f} <span class="{row["verdict"].split()[0]}">{row["verdict"]}</span>'
+                       f'<span class="interval">[{row["low"]:+.1f}, {row["high"]:+.1f}]{html.escape(claim)}</span>'
+                       "</td>")
+        out.append(f"<tr><td>{html.escape(model)}</td><td>{html.escape(method)}</td>" + "".join(tds) + "</tr>")
     out.append("</tbody></table>")
     return "\n".join(out)
 
@@ -332,46 +473,55 @@ def write_html(spec: dict, cells: pd.DataFrame, paired: pd.DataFrame, published:
     note = unpublished_note(spec, layout(spec, cells, published, "best"))
     parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>{STYLE}"
              f"</head><body>", f"<h2>{html.escape(title)}</h2>",
-             "<p>Reproduced value at the best checkpoint ± standard error over problems; below it the paper's "
+             f"<p>Reproduced value at the best checkpoint. {html.escape(seeds_sentence(spec))} Below it the paper's "
              "value and the difference where the paper has the cell. <b>Bold</b>: best per column, "
              "<u>underlined</u>: runner-up.</p>",
              *([] if note is None else [f'<p class="nopaper">{html.escape(note)}</p>']),
-             _html_table(spec, layout(spec, cells, published, "best"), f"{spec['table']}-best"),
-             "<h3>Last checkpoint</h3>",
-             _html_table(spec, layout(spec, cells, published, "last"), f"{spec['table']}-last")]
-    if spec.get("reference"):
-        columns = columns_of(spec)
-        parts += [f"<h3>Paired differences: {html.escape(spec['reference'])} − method "
-                  "(best checkpoints; mean ± SE over problems)</h3>",
-                  f'<table class="conspo" id="{spec["table"]}-paired"><thead><tr><th>Model</th><th>Method</th>'
-                  + "".join(f"<th>{html.escape(h)}</th>" for _, h in columns) + "</tr></thead><tbody>"]
-        for model, method, diffs in _paired_rows(spec, paired):
-            parts.append(f"<tr><td>{html.escape(model)}</td><td>{html.escape(method)}</td>" + "".join(
-                f"<td>{diffs[b][0]:+.1f} <span class=\"se\">± {diffs[b][1]:.1f}</span></td>" for b, _ in columns)
-                + "</tr>")
-        parts.append("</tbody></table>")
+             _html_table(spec, layout(spec, cells, published, "best"), f"{spec['table']}-best")]
+    for selection in selections(spec)[1:]:
+        parts += [f"<h3>{html.escape(caption(spec, selection))}</h3>",
+                  _html_table(spec, layout(spec, cells, published, selection), f"{spec['table']}-{selection}")]
+    for selection, suffix in (("best", ""), ("validated", "-validated")):
+        rows = verdict_rows(spec, paired, published, selection) if spec.get("reference") else []
+        if rows:
+            parts += [f"<h3>Paired comparison: {html.escape(verdict_heading(spec, rows, selection))}</h3>",
+                      _html_verdicts(spec, rows, f"{spec['table']}-paired{suffix}")]
     parts.append("</body></html>")
     write_text_atomic(path, "\n".join(parts))
 
 
 def render(spec: dict, cells: pd.DataFrame, paired: pd.DataFrame, published: dict, prefix: str) -> list[str]:
+    """The table as CSV, Markdown, LaTeX and HTML, and the verdict plot (`{prefix}-verdicts.png`)."""
+    from .figures import draw_verdicts, save
+
     Path(prefix).parent.mkdir(parents=True, exist_ok=True)
     write_csv(spec, cells, published, f"{prefix}.csv")
     write_markdown(spec, cells, paired, published, f"{prefix}.md")
     write_latex(spec, cells, published, f"{prefix}.tex")
     write_html(spec, cells, paired, published, f"{prefix}.html")
-    return [f"{prefix}.{ext}" for ext in ("csv", "md", "tex", "html")]
+    rows = verdict_rows(spec, paired, published, "best") if spec.get("reference") else []
+    save(*draw_verdicts(spec, rows, columns_of(spec)), f"{prefix}-verdicts.png")
+    return [f"{prefix}.{ext}" for ext in ("csv", "md", "tex", "html")] + [f"{prefix}-verdicts.png"]
+
+
+def read_cells(path: str) -> pd.DataFrame:
+    return pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"runs": str, "step": str, "per_seed": str})
+
+
+def read_paired(path: str) -> pd.DataFrame:
+    frame = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    return frame.astype({"seeds_measured": bool}) if len(frame) else frame
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="conspo tables", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="action", required=True)
-    agg = sub.add_parser("aggregate", help="collect one table's cells and paired differences")
+    agg = sub.add_parser("aggregate", help="collect one table's cells and paired comparisons")
     agg.add_argument("--spec", required=True)
     agg.add_argument("--cells", required=True)
     agg.add_argument("--paired", required=True)
-    ren = sub.add_parser("render", help="write one table as CSV, Markdown, LaTeX and HTML")
+    ren = sub.add_parser("render", help="write one table as CSV, Markdown, LaTeX and HTML, and its verdict plot")
     ren.add_argument("--spec", required=True)
     ren.add_argument("--cells", required=True)
     ren.add_argument("--paired", required=True)
@@ -382,12 +532,11 @@ def main(argv: list[str]) -> int:
     if args.action == "aggregate":
         cells, paired = aggregate(spec)
         Path(args.cells).parent.mkdir(parents=True, exist_ok=True)
-        cells.to_csv(args.cells, index=False)
-        paired.to_csv(args.paired, index=False)
-        print(f"{spec['table']}: {len(cells)} cells, {len(paired)} paired differences")
+        write_text_atomic(args.cells, cells.to_csv(index=False))
+        write_text_atomic(args.paired, paired.to_csv(index=False))
+        print(f"{spec['table']}: {len(cells)} cells, {len(paired)} paired comparisons")
         return 0
-    cells = pd.read_csv(args.cells, keep_default_na=False, na_values=[""])
-    paired = pd.read_csv(args.paired, keep_default_na=False, na_values=[""])
+    cells, paired = read_cells(args.cells), read_paired(args.paired)
     for path in render(spec, cells, paired, load_published(args.published), args.out_prefix):
         print(path)
     return 0

@@ -11,9 +11,12 @@ Each step, top to bottom:
   6. updates: `mini_batches_per_step` x `ppo_epochs` optimizer steps, each through `accumulate_gradients` (exact
      group gradients, scores all-gathered across ranks); the first is on-policy and reuses the old log-probs as its
      terms; gradient clipping, AdamW, the learning-rate schedule;
-  7. metrics line, and a checkpoint every `checkpoint_every` steps and at the last.
+  7. metrics line, a checkpoint every `checkpoint_every` steps and at the last, and a resumable state at each
+     checkpoint and every `save_every` steps / `save_every_minutes` (conspo.checkpoint).
 The trainer never looks at a method's name: only at the objective's attributes (`needs_reference`).
-Resuming: a re-run with the same config and DIR continues from the newest complete checkpoint.
+Resuming: a re-run with the same config and DIR continues from the newest resumable state. A re-run with a changed
+config is refused, or with --replace-changed-run (what the workflow passes) the earlier run's files are moved to
+DIR/superseded/<time>/ and the run starts from step 0.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ from tqdm import tqdm
 
 from .atomic import write_json_atomic, write_text_atomic
 from .batch import RolloutBatch
-from .checkpoint import latest_checkpoint, load_checkpoint, remove_partial, save_checkpoint, truncate_metrics
+from .checkpoint import (SaveSchedule, latest_state, load_state, move_aside, save_checkpoint, save_state, tidy,
+                         truncate_metrics)
 from .data import format_prompt, read_jsonl
 from .distributed import collective_for, configure_deepspeed
 from .losses import degenerate_fraction
@@ -45,7 +49,7 @@ from .models import load_policy
 from .objective import Objective, RolloutContext, accumulate_gradients, build_objective, gradient_pass_suffices
 from .rollout import make_sampler, pad, prompt_token_ids, response_logits, token_entropy, token_logprobs, chunk_seed
 from .runconfig import (ConfigError, RunConfig, check_world_size, checkpoint_steps, config_to_dict, load_config,
-                        total_steps)
+                        parse_config, total_steps)
 from .shaping import DynamicSampling, OverlongShaping
 from .verifier import Verifier, job_cpus
 
@@ -140,7 +144,27 @@ def first_difference(a, b, prefix=""):
     return None if a == b else prefix
 
 
-def train(cfg: RunConfig, out: Path) -> dict:
+# keys that change how a run is carried out, not what it computes: a run resumes under new values of these
+OPERATIONAL_KEYS = (("train", "save_every"), ("train", "save_every_minutes"), ("verifier", "workers"))
+
+
+def config_change(saved: Path, cfg: RunConfig) -> str | None:
+    """The first dotted key at which `cfg` differs from the config a run in the same folder started with (`saved`,
+    its config.yaml), both with defaults filled (a key added to the run config since then, at its default, is no
+    change) and OPERATIONAL_KEYS aside; None if they are the same."""
+    try:
+        before = config_to_dict(parse_config(yaml.safe_load(saved.read_text()), check_paths=False))
+    except ConfigError as err:  # e.g. a key this version no longer has
+        return str(err).partition(":")[0]
+    now = config_to_dict(cfg)
+    for section, key in OPERATIONAL_KEYS:
+        before[section][key] = now[section][key]
+    return first_difference(before, now)
+
+
+def train(cfg: RunConfig, out: Path, replace_changed: bool = False) -> dict:
+    """Train (or resume) the run of `cfg` in `out`. A folder holding a run started with another config is refused,
+    or with `replace_changed` moved aside (conspo.checkpoint.move_aside) and the run started from step 0."""
     # cpu=True on machines without CUDA: accelerate then joins the launched processes in a gloo group (MULTI_CPU).
     # An accelerate config with DeepSpeed sets ACCELERATE_USE_DEEPSPEED; accelerate drops DeepSpeed under cpu=True,
     # so without CUDA it gets cpu=False and gloo named (DeepSpeed's CPU accelerator).
@@ -153,25 +177,31 @@ def train(cfg: RunConfig, out: Path) -> dict:
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     check_world_size(cfg, world)
     out.mkdir(parents=True, exist_ok=True)
+    saved = out / "config.yaml"
+    changed = config_change(saved, cfg) if saved.exists() else None
+    if changed and not replace_changed:
+        raise ConfigError(f"{changed}: differs from the config this run started with ({saved}); use a new --out")
+    accelerator.wait_for_everyone()  # every rank has compared before the folder changes
+    moved = move_aside(out) if changed and accelerator.is_main_process else None
+    accelerator.wait_for_everyone()
     setup_logging(out, accelerator.is_main_process)
+    if changed:
+        log.info("%s differs from the config the run in %s started with: its files moved to %s; starting from step 0",
+                 changed, out, moved)
     if (out / "done.json").exists():
         log.info("%s: run already finished (done.json)", out)
         return json.loads((out / "done.json").read_text())
-
-    resolved = config_to_dict(cfg)
-    saved = out / "config.yaml"
-    if saved.exists():
-        key = first_difference(yaml.safe_load(saved.read_text()), resolved)
-        if key:
-            raise ConfigError(f"{key}: differs from the config this run started with ({saved}); use a new --out")
-    accelerator.wait_for_everyone()
     if accelerator.is_main_process and not saved.exists():
-        write_text_atomic(saved, yaml.safe_dump(resolved, sort_keys=False))
+        write_text_atomic(saved, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
     # ------------------------------------------------------------------------------------------------ set-up
     set_seed(cfg.seed)
     t, G = cfg.train, cfg.rollout.group_size
     records = read_jsonl(cfg.data.train)[:cfg.data.limit]
+    if cfg.data.n_prompts is not None and len(records) != cfg.data.n_prompts:
+        raise ConfigError(f"data.n_prompts: {cfg.data.n_prompts}, but {cfg.data.train} holds {len(records)} records"
+                          f"{' (after data.limit)' if cfg.data.limit is not None else ''}: the run's steps and "
+                          "checkpoints were planned on n_prompts")
     n_steps = total_steps(cfg, len(records))
     saves = set(checkpoint_steps(cfg, len(records)))
     model, tokenizer = load_policy(cfg.model.path, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
@@ -218,29 +248,30 @@ def train(cfg: RunConfig, out: Path) -> dict:
     stream = PromptStream(len(usable), cfg.seed)
 
     start = 0
-    if accelerator.is_main_process:
-        remove_partial(out)
+    if accelerator.is_main_process:  # the newest state stays; .tmp leftovers, older states, later checkpoints go
+        tidy(out)
     accelerator.wait_for_everyone()
-    resume_from = latest_checkpoint(out)
+    resume_from = latest_state(out)
     if resume_from is not None:
-        state, objective_state = load_checkpoint(accelerator, resume_from)
+        state, objective_state = load_state(accelerator, resume_from)
         objective.load_state_dict(objective_state)
         start = state["step"]
         stream.load(state["stream"])
         sampler.sync_weights()
-        if accelerator.is_main_process:
-            truncate_metrics(out / "metrics.jsonl", start)
         log.info("resumed from %s (step %d of %d)", resume_from, start, n_steps)
     else:
         log.info("run %s: %d prompts (%d usable), %d steps, method %s, %d process(es), %s", cfg.name, len(records),
                  len(usable), n_steps, cfg.method.name, world, accelerator.distributed_type.value)
+    if accelerator.is_main_process:  # steps after `start` are done again (a fresh start keeps no line)
+        truncate_metrics(out / "metrics.jsonl", start)
+    schedule = SaveSchedule(saves, t.save_every, t.save_every_minutes)
     accelerator.wait_for_everyone()
 
     writer = None
     if accelerator.is_main_process:
         try:
             from torch.utils.tensorboard import SummaryWriter
-            writer = SummaryWriter(str(out / "tensorboard"))
+            writer = SummaryWriter(str(out / "tensorboard"), purge_step=start + 1)  # drops events of redone steps
         except ImportError:
             pass
 
@@ -455,10 +486,13 @@ def train(cfg: RunConfig, out: Path) -> dict:
                          record["response_length"], step_time)
                 bar.update(1)
                 bar.set_postfix(reward=f"{record['reward']:.3f}", loss=f"{record['loss']:.4f}")
-            if step + 1 in saves:
-                save_checkpoint(accelerator, model, tokenizer, out, step + 1,
-                                {"step": step + 1, "total_steps": n_steps, "progress": (step + 1) / n_steps,
-                                 "stream": stream.state()}, objective.state_dict())
+            if step + 1 in saves:  # before the state: a state at N implies the checkpoint of N is there
+                save_checkpoint(accelerator, model, tokenizer, out, step + 1)
+            if any_rank(schedule.due(step + 1)):  # ranks' clocks differ: one says so, all save
+                save_state(accelerator, out, step + 1,
+                           {"step": step + 1, "total_steps": n_steps, "progress": (step + 1) / n_steps,
+                            "stream": stream.state()}, objective.state_dict())
+                schedule.saved()
     bar.close()
     done = {"steps": n_steps, "final_checkpoint": str(Path("checkpoints") / f"step-{n_steps:06d}"),
             "checkpoints": sorted(saves)}
@@ -476,6 +510,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--config", required=True, help="run config YAML (docs/design.md, docs/training.md)")
     parser.add_argument("--out", required=True, help="output folder: checkpoints, metrics.jsonl, train.log")
     parser.add_argument("--max-steps", type=int, default=None, help="cap train.total_steps (recorded in the config)")
+    parser.add_argument("--replace-changed-run", action="store_true",
+                        help="if --out holds a run started with a different config, move its files to "
+                             "OUT/superseded/<time>/ and start from step 0 (the workflow passes this; by hand, "
+                             "prefer a new --out)")
     args = parser.parse_args(argv[1:])
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -484,7 +522,7 @@ def main(argv: list[str]) -> int:
             if args.max_steps <= 0:
                 raise ConfigError(f"--max-steps: must be > 0, got {args.max_steps}")
             cfg.train.total_steps = min(args.max_steps, cfg.train.total_steps or args.max_steps)
-        train(cfg, Path(args.out))
+        train(cfg, Path(args.out), replace_changed=args.replace_changed_run)
     except ConfigError as err:
         log.error("bad run config %s: %s", args.config, err)
         print(f"conspo train: bad run config {args.config}: {err}")

@@ -16,17 +16,20 @@ if [ "${1:-}" = "--browser" ] && ! command -v chromium >/dev/null 2>&1; then
     echo "[setup] chromium is missing and cannot be installed here (needs root + apt); the report test will skip" >&2
   fi
 fi
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+# The lock of tested versions (requirements/*.txt, `make lock`): every package is installed at its locked version.
+lock=${CONSPO_LOCK:-requirements/cpu.txt}
+extras=${CONSPO_EXTRAS:-cpu,dev}
+want=$(cat pyproject.toml scripts/setup.sh "$lock" | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 echo "[setup] creating $VENV"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 pip="$VENV/bin/python -m pip"
-# torch first and pinned: this is the CPU build the machine carries; an unpinned torch pulls a CUDA build of several GB.
-$pip install -q "torch==${TORCH_VERSION:-2.13.0}"
-extras=${CONSPO_EXTRAS:-cpu,dev}
-$pip install -q -e ".[${extras}]"
+# torch first, at its locked build (the CPU lock names the CPU build this machine carries in /opt/wheels; a torch
+# resolved without it would be a CUDA build of several GB).
+$pip install -q -c "$lock" torch
+$pip install -q -c "$lock" -e ".[${extras}]"
 # The slurm executor plugin pins numpy>=2.4.5, which vLLM's mistral-common (numpy<2.4 on Python<=3.12) forbids;
 # it runs fine on numpy 2.3 (its dry runs are tested here), so it goes in without its pins; its other
 # requirements are the project's own dependencies.

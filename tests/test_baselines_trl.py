@@ -114,7 +114,9 @@ CASES = [
     ("cispo", {"eps_high": 5.0}, "cispo", {"ratio_bound": "absolute", "clip_eps_high": 5.0}),
     ("cispo", {"eps_high": 1.1}, "cispo", {"ratio_bound": "absolute", "clip_eps_high": 1.1}),  # cap active
     ("cispo", {"eps_high": 1.1}, "cispo", {"clip_eps_high": 0.1}),
-    ("sapo", {}, "sapo", {}),
+    # TRL builds SAPO's temperatures with torch.where on Python floats, i.e. in float32 (what
+    # tests/test_float64_fidelity.py catches in ours): the cross-check uses temperatures float32 holds exactly
+    ("sapo", {"sapo_neg": 1.0625}, "sapo", {"tau_neg": 1.0625}),
     ("sapo", {"sapo_pos": 0.5, "sapo_neg": 2.0}, "sapo", {"tau_pos": 0.5, "tau_neg": 2.0}),
 ]
 

@@ -277,5 +277,5 @@ def test_defaults_are_the_published_values():
     assert {k: cepo[k] for k in ("clip_eps_low", "clip_eps_high", "lambda_init", "eps_w", "kl_coef")} \
         == {"clip_eps_low": 0.2, "clip_eps_high": 0.28, "lambda_init": 1.0, "eps_w": 0.2, "kl_coef": 0.0}
     assert build_objective("clipo").base.name == "grpo"
-    with pytest.raises(KeyError, match="unknown method 'grpoo'"):
+    with pytest.raises(ValueError, match="^base_method: unknown method 'grpoo'"):
         build_objective("clipo", {"base_method": "grpoo"})

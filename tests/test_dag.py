@@ -107,6 +107,39 @@ def test_each_table_reads_the_expected_cells(paper_dry_run):
     assert len([p for p in figure2["input"] if "/selected/" in p]) == 13  # 15 sweep points, 2 shared runs
 
 
+@pytest.fixture(scope="module")
+def paper_three_seeds_dry_run(tmp_path_factory):
+    workdir = copy_workflow(tmp_path_factory.mktemp("dag-seeds"))
+    result = run_snakemake(workdir, "--profile", "slurm", "--configfile", "config/paper.yaml", "config/seeds3.yaml",
+                           "--dry-run", "tables",
+                           env={"CONSPO_SLURM_PARTITION": "gpu-h100", "CONSPO_SLURM_ACCOUNT": "conspo-lab"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return parse_dry_run(result.stdout + result.stderr)
+
+
+def test_three_seeds_triple_the_training_runs_and_change_nothing_else(paper_dry_run, paper_three_seeds_dry_run):
+    """config/seeds3.yaml on the paper grid: every job of the one-seed plan is there unchanged (same outputs, inputs,
+    resources, command), except the jobs that gather a table's or figure's runs; the new jobs are the runs of seeds
+    1 and 2 (train, run config, evaluations, selection, curves), two for each run of seed 0."""
+    key = lambda job: (job["rule"], tuple(job["output"]))  # noqa: E731
+    one = {key(job): job for job in paper_dry_run}
+    three = {key(job): job for job in paper_three_seeds_dry_run}
+    assert set(one) <= set(three)
+    changed = {rule for (rule, _), job in one.items() if job != three[(rule, _)]}
+    assert changed == {"aggregate_table", "draw_figure1", "draw_figure2", "tables"}  # their inputs: every seed
+    added = Counter(rule for rule, _ in set(three) - set(one))
+    assert added == {rule: 2 * count for rule, count in Counter(job["rule"] for job in paper_dry_run).items()
+                     if rule in ("train", "write_run_config", "evaluate_checkpoint", "select_checkpoint",
+                                 "training_curves")}
+    trained = {job["wildcards"]["run"] for job in paper_three_seeds_dry_run if job["rule"] == "train"}
+    seed0 = {job["wildcards"]["run"] for job in paper_dry_run if job["rule"] == "train"}
+    assert len(trained) == 150 and trained == {f"{run}{suffix}" for run in seed0 for suffix in ("", "--seed1",
+                                                                                                  "--seed2")}
+    aggregate = next(job for job in paper_three_seeds_dry_run if job["rule"] == "aggregate_table"
+                     and job["wildcards"]["table"] == "table1")
+    assert f"results/selected/{R15}--conspo--seed2.json" in aggregate["input"]
+
+
 def test_cluster_jobs_carry_gpu_and_node_resources(paper_dry_run):
     trains = {job["wildcards"]["run"]: job for job in paper_dry_run if job["rule"] == "train"}
     small = trains[f"{R15}--conspo"]

@@ -42,7 +42,7 @@ def test_a_killed_training_job_resumes_from_its_checkpoint_on_rerun(tmp_path):
     first = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     deadline = time.monotonic() + 900
-    while not (run_dir / "checkpoints" / "step-000002").is_dir():
+    while not (run_dir / "state" / "step-000002").is_dir():  # the first resumable state
         assert first.poll() is None, "snakemake ended before the first checkpoint"
         assert time.monotonic() < deadline, "no checkpoint within 15 minutes"
         time.sleep(0.1)

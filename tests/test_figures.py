@@ -19,10 +19,21 @@ def write_metrics_log(path: Path, rewards: list[float]) -> None:
                             + "\n" for i, r in enumerate(rewards)))
 
 
-def write_selection(path: Path, values: dict[str, float], se: float) -> None:
-    best = {b: {"value": v, "se_problems": se} for b, v in values.items()}
+N_PROBLEMS = 100
+
+
+def write_selection(path: Path, solved: dict[str, int]) -> None:
+    """A run's selection whose best checkpoint solves `solved[b]` of 100 problems of benchmark b (pass@1)."""
+    best = {b: {"value": float(n), "k": 1, "per_problem_correct": [1] * n + [0] * (N_PROBLEMS - n)}
+            for b, n in solved.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"best": {"step": 2, "benchmarks": best}, "last": {"step": 2, "benchmarks": best}}))
+
+
+def se_over_problems(percent: float) -> float:
+    """Standard error (points) of a pass@1 score over 100 problems."""
+    p = percent / 100
+    return 100 * math.sqrt(p * (1 - p) * N_PROBLEMS / (N_PROBLEMS - 1) / N_PROBLEMS)
 
 
 def test_gradient_coefficients_come_from_the_shared_core():
@@ -45,8 +56,8 @@ def test_figure1_panels_and_data(tmp_path):
     write_metrics_log(tmp_path / "grpo.jsonl", [0.1, 0.2, 0.25])
     write_metrics_log(tmp_path / "conspo.jsonl", [0.1, 0.3, 0.4])
     spec = {"title": "Figure 1", "model": "tiny-a", "dataset": "D", "tau": 10.0, "points": [
-        {"method": "GRPO", "metrics_log": str(tmp_path / "grpo.jsonl")},
-        {"method": "ConSPO", "metrics_log": str(tmp_path / "conspo.jsonl")}]}
+        {"method": "GRPO", "metrics_logs": [str(tmp_path / "grpo.jsonl")]},
+        {"method": "ConSPO", "metrics_logs": [str(tmp_path / "conspo.jsonl")]}]}
     out = tmp_path / "figure1.png"
     spec_path = tmp_path / "spec.json"
     spec_path.write_text(json.dumps(spec))
@@ -64,16 +75,29 @@ def test_figure1_panels_and_data(tmp_path):
     assert len(data["coefficients"]["gap"]) == 81 and data["tau"] == 10.0
 
 
+def test_figure1_with_several_seeds_draws_each_and_their_mean(tmp_path):
+    for name, rewards in (("grpo", [0.1, 0.2, 0.3]), ("grpo-1", [0.3, 0.4, 0.5, 0.6]), ("conspo", [0.2, 0.2, 0.2])):
+        write_metrics_log(tmp_path / f"{name}.jsonl", rewards)
+    spec = {"title": "Figure 1", "model": "tiny-a", "dataset": "D", "tau": 10.0, "points": [
+        {"method": "GRPO", "metrics_logs": [str(tmp_path / "grpo.jsonl"), str(tmp_path / "grpo-1.jsonl")]},
+        {"method": "ConSPO", "metrics_logs": [str(tmp_path / "conspo.jsonl")]}]}
+    fig, data = figures.draw_figure1(spec)
+    lines = {line.get_label(): list(line.get_ydata()) for line in fig.axes[1].get_lines()}
+    assert lines["GRPO (mean of 2 seeds)"] == pytest.approx([0.2, 0.3, 0.4])  # over the steps both runs logged
+    assert lines["ConSPO"] == [0.2, 0.2, 0.2]
+    assert data["rewards"]["GRPO"]["per_seed"] == [[0.1, 0.2, 0.3], [0.3, 0.4, 0.5, 0.6]]
+
+
 def test_figure2_three_panels_with_error_bars(tmp_path):
     benchmarks = ["AIME24", "MATH500"]
     points = []
     for sweep, label, param, values in (("tau", "τ", "tau", [1, 10, 20]), ("M", "M", "margin_max", [0, 0.01]),
                                         ("alpha", "α", "margin_warmup", [0.3, 1.0])):
-        for value in values:
+        for index, value in enumerate(values):
             path = tmp_path / f"{sweep}{value}.json"
-            write_selection(path, {"AIME24": 10 + value, "MATH500": 30 + value}, se=2.0)
-            points.append({"sweep": sweep, "label": label, "param": param, "value": value, "run": f"r-{sweep}{value}",
-                           "selection": str(path)})
+            write_selection(path, {"AIME24": 10 + index, "MATH500": 30 + index})
+            points.append({"sweep": sweep, "label": label, "param": param, "value": value,
+                           "runs": [f"r-{sweep}{value}"], "selections": [str(path)]})
     spec = {"title": "Figure 2", "benchmarks": benchmarks, "points": points,
             "defaults": {"tau": 10.0, "margin_max": 0.01, "margin_warmup": 0.3}}
     fig, data = figures.draw_figure2(spec)
@@ -82,12 +106,37 @@ def test_figure2_three_panels_with_error_bars(tmp_path):
     assert all(ax.get_ylabel() == "average score (%)" for ax in fig.axes)
     tau_axis = fig.axes[0]
     assert [t.get_text() for t in tau_axis.get_xticklabels()] == ["1", "10", "20"]
-    assert list(tau_axis.get_lines()[0].get_ydata()) == [21.0, 30.0, 40.0]  # mean of 10+v and 30+v
-    assert data["panels"]["tau"]["se"] == pytest.approx([math.sqrt(8) / 2] * 3)
+    assert list(tau_axis.get_lines()[0].get_ydata()) == pytest.approx([20.0, 21.0, 22.0])  # mean of 10+i and 30+i
+    # one seed: the standard error over problems, the two benchmarks' combined as sqrt(se1^2 + se2^2) / 2
+    assert data["panels"]["tau"]["se"] == pytest.approx(
+        [math.hypot(se_over_problems(10 + i), se_over_problems(30 + i)) / 2 for i in range(3)])
     assert len(tau_axis.collections) == 1  # the error bars
     out = tmp_path / "figure2.png"
     figures.save(fig, data, str(out))
     assert figures.read_data(str(out))["panels"]["alpha"]["values"] == [0.3, 1.0]
+
+
+def test_figure2_averages_the_seeds_of_a_point_and_widens_its_error(tmp_path):
+    """Two seeds solving 20 and 30 of 100 problems (the first ones): the point is their mean, 25, and its error adds
+    the spread of the two runs' values to the error over problems."""
+    paths = []
+    for seed, solved in ((0, 20), (1, 30)):
+        paths.append(tmp_path / f"seed{seed}.json")
+        write_selection(paths[-1], {"AIME24": solved})
+    one = tmp_path / "one.json"
+    write_selection(one, {"AIME24": 25})
+    spec = {"title": "Figure 2", "benchmarks": ["AIME24"], "defaults": {}, "points": [
+        {"sweep": "tau", "label": "τ", "param": "tau", "value": 5, "runs": ["a", "a-1"],
+         "selections": [str(p) for p in paths]},
+        {"sweep": "tau", "label": "τ", "param": "tau", "value": 10, "runs": ["b"], "selections": [str(one)]}]}
+    _, data = figures.draw_figure2(spec)
+    panel = data["panels"]["tau"]
+    assert panel["mean"] == pytest.approx([25.0, 25.0]) and panel["per_seed"] == [[20.0, 30.0], [25.0]]
+    # seed term var(0.2, 0.3) / 2; problem term: the variance over problems of the seed means (20 problems at 1,
+    # 10 at 0.5, 70 at 0: 16.25 / 99) less the runs' own noise (residual mean square 4.5 / 99, over 2 seeds), / 100
+    seed_term, problem_term = 0.005 / 2, (16.25 / 99 - 4.5 / 99 / 2) / 100
+    assert panel["se"][0] == pytest.approx(100 * math.sqrt(seed_term + problem_term))
+    assert panel["se"][1] == pytest.approx(se_over_problems(25))  # one seed: over problems only
 
 
 def test_training_curves(tmp_path):

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 from conspo.plan import BASE_MODEL, Plan, PlanError
+from conspo.workflow_config import check_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
@@ -23,7 +22,7 @@ def load_config(name: str) -> dict:
 
 def make_plan(config: dict) -> Plan:
     config = copy.deepcopy(config)
-    validate(config, SCHEMA)
+    check_schema(config, SCHEMA)
     return Plan.from_config(config)
 
 
@@ -55,7 +54,7 @@ def test_identical_runs_are_one_job(paper):
     assert no_margin.serves == ["table6:w/o scheduled margin", "figure2:M=0"]
     assert no_margin.params["margin_max"] == 0.0 and no_margin.params["margin_warmup"] == 0.3
     sweep = paper.figure_spec("figure2")["points"]
-    assert len(sweep) == 15 and len({p["run"] for p in sweep}) == 13  # 15 points, 2 of them shared with Table 6/1
+    assert len(sweep) == 15 and len({run for p in sweep for run in p["runs"]}) == 13  # 2 shared with Table 6/1
 
 
 def test_checkpoints_and_evaluations(paper):
@@ -81,7 +80,8 @@ def test_table_cells_match_the_published_tables(paper):
         theirs = published[published["table"] == spec["number"]]
         assert ours == set(zip(theirs["model"], theirs["dataset"], theirs["method"])), table
         assert set(spec["benchmarks"]) | {"Avg"} == set(theirs["benchmark"]), table
-        assert all((c["run"] is None) == (c["method"] == BASE_MODEL) for c in cells)
+        assert all((c["runs"] == []) == (c["method"] == BASE_MODEL) for c in cells)
+        assert all(len(c["runs"]) == 1 for c in cells if c["method"] != BASE_MODEL)  # one seed: the paper's setting
 
 
 def test_table_beyond_the_paper_shares_table_1s_setting_and_runs(paper):
@@ -89,10 +89,10 @@ def test_table_beyond_the_paper_shares_table_1s_setting_and_runs(paper):
     assert beyond["number"] is None and beyond["title"] == "Beyond the paper: ConSPO vs CLIPO and CEPO"
     assert beyond["blocks"] == table1["blocks"] and beyond["benchmarks"] == table1["benchmarks"]
     assert beyond["methods"] == [BASE_MODEL, "GRPO", "CLIPO", "CEPO", "ConSPO"] and beyond["reference"] == "ConSPO"
-    runs = {cell["method"]: cell["run"] for cell in beyond["cells"]}
-    assert runs == {BASE_MODEL: None, "GRPO": f"{R15}--grpo", "CLIPO": f"{R15}--clipo", "CEPO": f"{R15}--cepo",
-                    "ConSPO": f"{R15}--conspo"}
-    assert {cell["run"] for cell in table1["cells"]} >= {runs["GRPO"], runs["ConSPO"]}
+    runs = {cell["method"]: cell["runs"] for cell in beyond["cells"]}
+    assert runs == {BASE_MODEL: [], "GRPO": [f"{R15}--grpo"], "CLIPO": [f"{R15}--clipo"], "CEPO": [f"{R15}--cepo"],
+                    "ConSPO": [f"{R15}--conspo"]}
+    assert {run for cell in table1["cells"] for run in cell["runs"]} >= {*runs["GRPO"], *runs["ConSPO"]}
     assert paper.runs[f"{R15}--clipo"].serves == ["beyond:CLIPO"]
     assert paper.run_config(f"{R15}--clipo")["method"]["params"]["head_warmup_steps"] == 58  # published recipe
     assert paper.run_config(f"{R15}--cepo")["method"]["params"]["warmup_steps"] == 25
@@ -198,7 +198,7 @@ def test_key_order_of_the_config_changes_no_job(name):
     (lambda c: c["tables"]["table1"]["blocks"][0].__setitem__("model", "GPT-9"), "tables.table1.blocks[0].model"),
     (lambda c: c["tables"]["table4"]["benchmarks"].append("AIME99"), "tables.table4.benchmarks[4]"),
     (lambda c: c["tables"]["table6"]["methods"].append("w/o everything"), "tables.table6.methods[5]"),
-    (lambda c: c["training"]["train"].__setitem__("lr", "fast"), "train.lr"),
+    (lambda c: c["training"]["train"].__setitem__("lr", "fast"), "training.train.lr"),
     (lambda c: c["methods"]["ConSPO"].__setitem__("params", {"temperature": 3}), "methods.ConSPO.params.temperature"),
     (lambda c: c["benchmarks"]["AIME24"].__setitem__("samples", 16), "benchmarks.AIME24.samples"),
     (lambda c: c["figures"]["figure2"]["sweeps"][0].__setitem__("param", "tau_x"), "figures.figure2.sweeps[0].param"),
@@ -210,14 +210,75 @@ def test_inconsistent_config_is_rejected_naming_the_key(edit, key):
         make_plan(config)
 
 
-@pytest.mark.parametrize("edit, key", [
-    (lambda c: c["benchmarks"]["AMC"].__setitem__("samples", "many"), "'samples'"),
-    (lambda c: c["models"]["Qwen3-4B-Base"]["resources"]["train"].__setitem__("nodes", 0), "'nodes'"),
-    (lambda c: c["benchmarks"]["AMC"].__setitem__("metric", "best@3"), "'metric'"),
-    (lambda c: c.__setitem__("tabels", {}), "'tabels'"),
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c["benchmarks"]["AMC"].__setitem__("samples", "many"),
+     "benchmarks.AMC.samples: 'many' is not of type 'integer'"),
+    (lambda c: c["models"]["Qwen3-4B-Base"]["resources"]["train"].__setitem__("nodes", 0),
+     "models.Qwen3-4B-Base.resources.train.nodes: 0 is less than the minimum of 1"),
+    (lambda c: c["benchmarks"]["AMC"].__setitem__("metric", "best@3"), "benchmarks.AMC.metric: 'best@3' does not match"),
+    (lambda c: c.__setitem__("tabels", {}), "tabels: unknown key; known keys: results, published"),
+    (lambda c: c.__setitem__("seeds", [0, 0]), "seeds: [0, 0] has non-unique elements"),
+    (lambda c: c["tables"]["table1"].__setitem__("seeds", []), "tables.table1.seeds: [] should be non-empty"),
 ])
-def test_malformed_value_is_rejected_by_the_schema(edit, key):
+def test_malformed_value_is_rejected_by_the_schema_in_one_line(edit, message):
     config = load_config("paper.yaml")
     edit(config)
-    with pytest.raises(WorkflowError, match=key):
+    with pytest.raises(PlanError) as refused:
+        make_plan(config)
+    assert str(refused.value).startswith(message) and "\n" not in str(refused.value)
+
+
+def test_each_seed_adds_runs_and_renames_none(paper):
+    config = load_config("paper.yaml")
+    config["seeds"] = [0, 1, 2]
+    seeded = make_plan(config)
+    assert len(seeded.runs) == 3 * len(paper.runs) == 150
+    for name, run in paper.runs.items():  # the seed-0 runs are today's runs, config for config
+        assert seeded.run_config(name) == paper.run_config(name)
+        for seed in (1, 2):
+            twin = seeded.run_config(f"{name}--seed{seed}")
+            assert twin["seed"] == seed and twin["name"] == f"{name}--seed{seed}"
+            assert {**twin, "seed": 0, "name": name} == paper.run_config(name)  # nothing else differs
+            assert seeded.run_benchmarks(f"{name}--seed{seed}") == paper.run_benchmarks(name)
+    cell = next(c for c in seeded.table_spec("table1")["cells"] if c["method"] == "ConSPO")
+    assert cell["runs"] == [f"{R15}--conspo", f"{R15}--conspo--seed1", f"{R15}--conspo--seed2"]
+    assert cell["seeds"] == [0, 1, 2] and cell["selections"][2].endswith(f"/selected/{R15}--conspo--seed2.json")
+    assert seeded.summary() == {"runs": 150, "evaluations": 3 * 2100, "base_evaluations": 32}
+    tau5 = next(p for p in seeded.figure_spec("figure2")["points"] if p.get("value") == 5)
+    assert tau5["runs"] == [f"{R15}--conspo-tau5", f"{R15}--conspo-tau5--seed1", f"{R15}--conspo-tau5--seed2"]
+
+
+def test_a_table_may_override_the_seeds_and_shares_the_runs_of_its_seeds(paper):
+    config = load_config("paper.yaml")
+    config["tables"]["table1"]["seeds"] = [0, 7]
+    seeded = make_plan(config)
+    assert set(seeded.runs) - set(paper.runs) == {f"{name}--seed7" for cell in paper.cells("table1")
+                                                 for name in cell["runs"]}
+    table6 = {c["method"]: c["runs"] for c in seeded.cells("table6")}
+    assert table6["ConSPO"] == [f"{R15}--conspo"]  # Table 6 keeps the global seed and shares Table 1's seed-0 run
+    assert seeded.runs[f"{R15}--conspo--seed7"].serves == ["table1:ConSPO"]
+
+
+def test_a_primary_seed_outside_seeds_names_every_run_by_its_seed():
+    config = load_config("tiny.yaml")
+    config["seeds"] = [3]
+    assert all(name.endswith("--seed3") for name in make_plan(config).runs)
+
+
+def test_validation_benchmark_is_evaluated_on_every_run_and_kept_out_of_the_tables():
+    config = load_config("tiny.yaml")
+    config["benchmarks"]["Validation"] = {"prepare": {"dataset": "amc", "source": "synthetic", "n": 8, "seed": 7},
+                                          "metric": "avg@4", "samples": 4}
+    config["selection"] = {"validation": "Validation"}
+    plan = make_plan(config)
+    assert all(plan.run_benchmarks(run)[-1] == "Validation" for run in plan.runs)
+    assert plan.table_spec("table1")["validation"] == "Validation"
+    assert "Validation" not in plan.figure_spec("figure1")["benchmarks"]  # a figure's default: every other one
+    assert plan.validation_check("tiny-b--deepscaler-preview--conspo") == [
+        "results/data/validation/deepscaler-preview.json"]
+    config["selection"] = {"validation": "AIME24"}
+    with pytest.raises(PlanError, match=r"^selection\.validation: 'AIME24' is a column of tables\.table1"):
+        make_plan(config)
+    config["selection"] = {"validation": "AIME99"}
+    with pytest.raises(PlanError, match=r"^selection\.validation: unknown benchmark 'AIME99'"):
         make_plan(config)

@@ -109,6 +109,7 @@ def test_report_rules_write_every_table_and_figure(tiny_report):
     for table in plan.tables:
         for ext in ("csv", "md", "tex", "html"):
             assert (workdir / f"{plan.table_prefix(table)}.{ext}").stat().st_size > 0
+        assert (workdir / f"{plan.table_prefix(table)}-verdicts.png").stat().st_size > 0
     for name in ("figure1", "figure2"):
         assert (workdir / plan.results / "figures" / f"{name}.png").stat().st_size > 0
     assert len(list((workdir / plan.results / "figures" / "curves").glob("*.png"))) == len(plan.runs)
@@ -124,14 +125,14 @@ def test_report_opens_in_chromium_with_tables_and_figures(tiny_report):
     workdir, plan = tiny_report
     screenshot = workdir / plan.results / "report.png"  # kept beside the report it shows
     seen = inspect_report(str(workdir / plan.results / "report.html"), str(screenshot),
-                          ("table1.html", "table2.html", "beyond.html", "figure2.png"))
+                          ("table1.html", "table2.html", "beyond.html", "figure2.png", "table1-verdicts.png"))
     assert screenshot.stat().st_size > 10_000
     for category in ("Tables", "Figures", "Training curves"):
         assert category in seen["text"]
     names = {Path(p).name: mime for p, mime in seen["results"].items()}
     assert {f"{t}.html" for t in plan.tables} <= set(names)
     assert names["table1.html"] == "text/html" and names["figure1.png"] == "image/png"
-    assert len([n for n in names if n.endswith(".png")]) == 2 + len(plan.runs)
+    assert len([n for n in names if n.endswith(".png")]) == 2 + len(plan.runs) + len(plan.tables)  # verdict plots
     table1 = seen["opened"]["table1.html"]
     assert table1["tables"] == 3  # best, last, paired differences
     assert "ConSPO" in table1["text"] and "GRPO" in table1["text"] and "Base Model" in table1["text"]
@@ -140,3 +141,7 @@ def test_report_opens_in_chromium_with_tables_and_figures(tiny_report):
     assert beyond["tables"] == 3 and beyond["text"].strip().startswith("Beyond the paper: ConSPO vs CLIPO and CEPO")
     assert all(name in beyond["text"] for name in ("CLIPO", "CEPO", "ConSPO", "GRPO", "no published value"))
     assert seen["opened"]["figure2.png"]["bytes"] > 1000
+    verdicts = seen["opened"]["table1-verdicts.png"]  # Table 1's verdict plot, decoded by Chromium
+    assert verdicts["mime"] == "image/png" and verdicts["width"] > 800 and verdicts["height"] > 200
+    assert verdicts["caption"].startswith("table1, verdict plot")
+    assert "run-to-run variance is not measured" in table1["text"]  # the tiny config has one seed

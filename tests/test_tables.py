@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 from pathlib import Path
 
@@ -49,8 +50,8 @@ def paper_results(tmp_path_factory):
     method_of_run = {}
     for table in plan.tables:
         for cell in plan.cells(table):
-            if cell["run"]:
-                method_of_run.setdefault(cell["run"], cell["method"])
+            for run in cell["runs"]:
+                method_of_run.setdefault(run, cell["method"])
     for run_name, run in plan.runs.items():
         steps = plan.checkpoint_steps(run_name)
         for step in steps:
@@ -105,7 +106,7 @@ def test_each_table_has_the_papers_rows_and_columns(paper_results):
         value_columns = [c for c in frame.columns if c in labels]
         assert value_columns == labels, table
         assert list(frame["checkpoint"]).count("last") == len(expected_rows)
-    assert list(pd.read_csv(f"{rendered['table4']}.csv").columns[5::4]) == [
+    assert list(pd.read_csv(f"{rendered['table4']}.csv").columns[6::5]) == [
         "AIME24", "MATH500", "AMC", "O-Bench", "Avg."]
     table2 = pd.read_csv(f"{rendered['table2']}.csv")
     assert list(dict.fromkeys(table2["model"])) == ["DeepSeek-R1-Distill-Qwen-7B", "DeepSeek-R1-Distill-Llama-8B"]
@@ -250,11 +251,41 @@ def test_paired_differences_against_conspo(paper_results):
     plan, rendered = paper_results
     spec = plan.table_spec("table1")
     _, frame = tables.aggregate(spec)
+    assert set(frame["selection"]) == {"best", "last"}  # no validation benchmark in the paper config
+    frame = frame[frame["selection"] == "best"]
     grpo = frame[(frame["method"] == "GRPO") & (frame["benchmark"] == "AIME24")].iloc[0]
-    # ConSPO solves 347 of 1000 problems, GRPO 286: the first 286 are shared, so the paired difference is 6.1 points
+    # ConSPO solves 347 of 1000 problems, GRPO 286: the first 286 are shared, so the paired difference is 6.1 points;
+    # one seed: the error is the paired standard error over problems, and run-to-run variance is unmeasured
     assert grpo["difference"] == pytest.approx(6.1)
     assert grpo["se"] == pytest.approx(100 * (0.061 * 0.939 * 1000 / 999) ** 0.5 / 1000 ** 0.5, rel=1e-6)
+    assert not grpo["seeds_measured"] and math.isnan(grpo["se_seeds"]) and grpo["df"] == pytest.approx(999)
+    assert grpo["comparisons"] == 8 and grpo["level"] == 0.95  # Base Model and seven methods against ConSPO
+    assert grpo["verdict"] == "better" and 0 < grpo["low"] < 6.1 < grpo["high"]
     assert set(frame["method"]) == {BASE_MODEL, "GRPO", "DAPO", "Dr. GRPO", "DisCO", "GMPO", "CISPO", "SAPO"}
     assert set(frame["benchmark"]) == set(spec["benchmarks"]) | {AVERAGE}
     html = Path(f"{rendered['table1']}.html").read_text()
-    assert "Paired differences: ConSPO" in html and re.search(r"<td>\+6\.1 <span", html)
+    assert "Paired comparison: ConSPO − method (best checkpoints)" in html and "Bonferroni" in html
+    assert "run-to-run variance is not measured" in html  # the paper's setting: one seed
+    assert "Each cell: one training run (one seed) ± its standard error over problems" in html
+    assert re.search(r'data-benchmark="AIME24" data-verdict="better">\+6\.1 .*\[\+\d\.\d, \+\d\.\d\]; paper \+6\.1',
+                     html)
+
+
+def test_verdict_plot_shows_the_intervals_beside_the_papers_claims(paper_results):
+    """Reproduced = published here, so every interval is centred on the paper's claimed difference."""
+    from conspo.figures import read_data
+
+    plan, rendered = paper_results
+    data = read_data(f"{rendered['table1']}-verdicts.png")
+    assert data["reference"] == "ConSPO" and data["comparisons"] == 8 and data["level"] == 0.95
+    assert data["columns"] == ["AIME24", "AIME25", "AIME26", "HMMT25", "MATH500", "AMC", "O-Bench", "Avg."]
+    rows = {(r["method"], r["benchmark"]): r for r in data["rows"]}
+    assert len(rows) == 8 * 8
+    sapo = rows[("SAPO", AVERAGE)]
+    assert sapo["claimed"] == pytest.approx(44.4 - 42.8) and sapo["low"] < sapo["difference"] < sapo["high"]
+    assert sapo["difference"] == pytest.approx(44.36 - 42.81, abs=0.02)  # the means of the displayed values
+    assert rows[("GRPO", "AIME24")]["claimed"] == pytest.approx(34.7 - 28.6)
+    assert all(r["claimed"] is not None for r in data["rows"])  # Table 1 publishes every cell
+    beyond = read_data(f"{rendered['beyond']}-verdicts.png")
+    assert all(r["claimed"] is None for r in beyond["rows"])  # no published values beyond the paper
+    assert read_data(f"{rendered['table2']}-verdicts.png")["comparisons"] == 2 * 5  # two blocks of five rows

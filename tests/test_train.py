@@ -244,7 +244,7 @@ def test_kill_at_a_random_step_and_resume_gives_the_uninterrupted_run(tiny, tmp_
 
 
 def test_a_deepspeed_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_run(tiny, tmp_path):
-    """Two ZeRO-2 processes killed with SIGKILL (the launcher and every worker) once step 2's checkpoint is complete;
+    """Two ZeRO-2 processes killed with SIGKILL (the launcher and every worker) once step 2's resumable state is complete;
     the relaunch resumes from DeepSpeed's saved state and ends with the uninterrupted run's weights and metrics."""
     import psutil  # a DeepSpeed dependency
 
@@ -258,7 +258,7 @@ def test_a_deepspeed_run_killed_after_a_checkpoint_resumes_to_the_uninterrupted_
     process = subprocess.Popen(cli(config_path, killed, launcher), env=env(), cwd=REPO,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 900
-    while time.time() < deadline and process.poll() is None and not (killed / "checkpoints" / "step-000002").is_dir():
+    while time.time() < deadline and process.poll() is None and not (killed / "state" / "step-000002").is_dir():
         time.sleep(0.05)
     for part in [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]:
         part.kill()  # torchrun's workers do not share the launcher's process group

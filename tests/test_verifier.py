@@ -8,6 +8,7 @@ import time
 import pytest
 
 from conspo.verifier import (
+    KILL_GRACE,
     Verdict,
     Verifier,
     is_truncated,
@@ -19,6 +20,7 @@ from conspo.verifier import (
 
 TIMEOUT = 2.0
 MARGIN = 1.5  # scheduling slack on a shared 2-core machine
+RESTART = 4.0  # a replacement worker's start and warm-up on a loaded 2-core machine
 
 # (response, gold, correct under "boxed", correct under "last")
 TABLE = [
@@ -121,7 +123,7 @@ def test_in_process_judge_agrees_with_the_pool(verifier):
     rows = TABLE[::4]
     pooled = verifier.verify([row[0] for row in rows], [row[1] for row in rows])
     for (response, gold, *_), verdict in zip(rows, pooled):
-        assert judge(response, gold, verifier.extraction, parse_timeout=10)[:2] == (verdict.correct, verdict.extracted)
+        assert judge(response, gold, verifier.extraction, timeout=10)[:2] == (verdict.correct, verdict.extracted)
 
 
 @pytest.mark.parametrize("index", range(len(ADVERSARIAL)))
@@ -141,18 +143,71 @@ def test_adversarial_batch_is_bounded_by_the_per_answer_limit(strict_verifier):
     assert verdicts[-1].correct
 
 
-def test_overrun_kills_and_replaces_the_worker():
-    # the outer limit (0.5 s) falls before math-verify's own alarm (1 s): the worker has to be killed; the answers
-    # queued behind the slow one go to its replacement
-    with Verifier("boxed", timeout=0.5, workers=1) as verifier:
+def test_the_configured_timeout_is_the_limit_that_applies():
+    """A slow answer is given `timeout` seconds, not math-verify's own whole-second alarms (which stopped it at
+    timeout / 2 before), and the worker stops itself there: no restart."""
+    for timeout in (1.0, 3.0):
+        with Verifier("boxed", timeout=timeout, workers=1) as verifier:
+            assert verifier.verify(["\\boxed{1}"], ["1"])[0].correct
+            started = time.monotonic()
+            (verdict,) = verifier.verify(["\\boxed{1000000!}"], ["1"])
+            elapsed = time.monotonic() - started
+            assert verdict == Verdict(False, "1000000!", True, "boxed")
+            assert timeout - 0.05 <= elapsed < timeout + MARGIN, elapsed
+            assert verifier.restarts == 0 and verifier.timeouts == 1
+
+
+@pytest.mark.timeout(120)  # a parent blocked on the stopped worker's full pipe would hang here
+def test_a_stuck_worker_with_a_large_task_queued_behind_it_never_blocks_the_parent():
+    """A worker stopped where no signal reaches it (SIGSTOP, like C code ignoring SIGALRM) is killed KILL_GRACE after
+    the limit and replaced; the tasks queued behind it, one larger than the pipe can buffer (with a blocking send
+    it held the parent until the worker was resumed), go to the replacement. Wall time: two limits and a restart."""
+    timeout = 1.0
+    large = "\\boxed{" + "+".join(["1"] * 600_000) + "}"  # 1.2 MB: more than any pipe or socket buffer here
+    with Verifier("boxed", timeout=timeout, workers=1) as verifier:
         assert verifier.verify(["\\boxed{1}"], ["1"])[0].correct
-        started = time.monotonic()
-        verdicts = verifier.verify(["\\boxed{1000000!}", "\\boxed{6}", "\\boxed{7}"], ["1", "6", "8"])
-        assert time.monotonic() - started < 0.5 + MARGIN
-        assert verdicts == [Verdict(False, None, True, "boxed"), Verdict(True, "6", False, "boxed"),
-                            Verdict(False, "7", False, "boxed")]
-        assert verifier.restarts == 1 and verifier.timeouts == 1
+        stuck = verifier.worker_pids[0]
+        os.kill(stuck, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            verdicts = verifier.verify(["\\boxed{2}", large, "\\boxed{6}", "\\boxed{7}"], ["2", "600000", "6", "8"])
+            elapsed = time.monotonic() - started
+        finally:
+            if stuck in verifier.worker_pids:
+                os.kill(stuck, signal.SIGCONT)
+        assert stuck not in verifier.worker_pids and verifier.restarts >= 1
+        assert verdicts[0] == Verdict(False, None, True, "boxed")  # the answer the stopped worker held
+        assert verdicts[2:] == [Verdict(True, "6", False, "boxed"), Verdict(False, "7", False, "boxed")]
+        assert elapsed < 2 * (timeout + KILL_GRACE) + RESTART + MARGIN, elapsed
         assert verifier.verify(["\\boxed{8}"], ["8"])[0].correct
+
+
+def test_a_response_that_is_not_a_string_is_one_incorrect_verdict(caplog):
+    with Verifier("boxed", timeout=TIMEOUT, workers=1) as verifier:
+        with caplog.at_level("WARNING", logger="conspo.verifier"):
+            verdicts = verifier.verify([None, 3, "\\boxed{2}", "\\boxed{5}"], ["3", "3", "2", None])
+    assert [v.correct for v in verdicts] == [False, False, True, False]
+    assert all(not v.timed_out and v.extracted is None for v in verdicts[:2])
+    logged = caplog.text
+    assert "response 0: a NoneType, not a string" in logged and "response 1: a int, not a string" in logged
+    assert "response 3: a gold of None" in logged
+
+
+def test_the_cache_is_bounded_in_bytes():
+    budget = 20_000
+    answers = [f"\\boxed{{{'1' * 900}{i:03d}}}" for i in range(40)]  # each entry ~1.1 kB (its extracted answer)
+    with Verifier("boxed", timeout=TIMEOUT, workers=1, cache_bytes=budget) as verifier:
+        verifier.verify(answers, [a[7:-1] for a in answers])
+        assert 0 < verifier.cache_used_bytes <= budget
+        assert 10 < len(verifier._cache) < 40  # the oldest were evicted
+        checked = verifier.checked
+        assert all(v.correct for v in verifier.verify(answers[-5:], [a[7:-1] for a in answers[-5:]]))
+        assert verifier.checked == checked and verifier.cache_hits == 5  # the newest stayed
+        verifier.verify(answers[:1], [answers[0][7:-1]])
+        assert verifier.checked == checked + 1  # the oldest had gone
+        huge = "\\boxed{" + "1" * 30_000 + "}"  # an entry above the whole budget is not kept
+        verifier.verify([huge], ["2"])
+        assert verifier.cache_used_bytes <= budget
 
 
 def test_a_worker_killed_from_outside_is_replaced():

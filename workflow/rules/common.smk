@@ -57,7 +57,7 @@ def job_threads(step, model_of):
 
 def table_outputs(table):
     prefix = PLAN.table_prefix(table)
-    return [f"{prefix}.{ext}" for ext in ("csv", "md", "tex", "html")]
+    return [f"{prefix}.{ext}" for ext in ("csv", "md", "tex", "html")] + [f"{prefix}-verdicts.png"]
 
 
 def figure_output(figure):

@@ -1,4 +1,5 @@
-# Tables 1-6: spec (which file fills which cell) -> cells (long form, with paired differences) -> rendered tables.
+# Tables 1-6: spec (which files fill which cell) -> cells (long form: seed means, errors, verdicts) -> rendered tables
+# and verdict plots.
 
 
 rule write_spec:
@@ -51,6 +52,13 @@ rule render_table:
             category="Tables",
             subcategory="{table}",
             labels={"table": "{table}", "format": "HTML"},
+        ),
+        verdicts=report(
+            f"{R}/tables/{{table}}/{{table}}-verdicts.png",
+            caption="../report/verdicts.rst",
+            category="Tables",
+            subcategory="{table}",
+            labels={"table": "{table}", "format": "verdict plot"},
         ),
     params:
         prefix=lambda wildcards: PLAN.table_prefix(wildcards.table),
