@@ -88,8 +88,8 @@ def test_a_kill_at_each_point_leaves_every_step_logged_once_and_no_stale_state(t
 
 def test_a_sigkill_loses_at_most_save_every_steps(tiny, tmp_path):
     """`conspo train` killed with SIGKILL at a random moment after its third logged step, with a resumable state
-    every 2 steps and no checkpoint before the last (step 6): the rerun resumes, doing at most 2 steps again."""
-    save_every, total = 2, 6
+    every 2 steps and no checkpoint before the last (step 12): the rerun resumes, doing at most 2 steps again."""
+    save_every, total = 2, 12
     raw = run_config(tiny, method="grpo", total_steps=total, checkpoint_every=total, save_every=save_every)
     config_path = tmp_path / "run.yaml"
     config_path.write_text(yaml.safe_dump(raw))
@@ -98,22 +98,26 @@ def test_a_sigkill_loses_at_most_save_every_steps(tiny, tmp_path):
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 600
     metrics_path = out / "metrics.jsonl"
+    seen = {}  # logged steps -> when they were first seen: the kill falls within about one step's time
     while process.poll() is None and time.monotonic() < deadline:
-        if metrics_path.exists() and len(metrics_path.read_text().splitlines()) >= 3:
-            time.sleep(random.uniform(0.0, 1.0))  # anywhere in the next step or save
+        logged = len(metrics_path.read_text().splitlines()) if metrics_path.exists() else 0
+        seen.setdefault(logged, time.monotonic())
+        if logged >= 3:
+            step_time = seen[3] - seen.get(2, seen[3])
+            time.sleep(random.uniform(0.0, 1.5 * step_time))  # anywhere in the next step or save
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (out / "done.json").exists(), "the run finished before the kill"
     logged = len([line for line in metrics_path.read_text().splitlines() if line.endswith("}")])
 
     train(parse_config(raw), out)
-    (resumed,) = re.findall(r"resumed from \S+ \(step (\d+) of 6\)", (out / "train.log").read_text())
+    (resumed,) = re.findall(rf"resumed from \S+ \(step (\d+) of {total}\)", (out / "train.log").read_text())
     print(f"killed after {logged} logged steps, resumed from step {resumed}")
     assert 0 < logged - int(resumed) + 1 and logged - int(resumed) <= save_every
     assert steps(out) == list(range(1, total + 1))
-    assert folder(out) == ["checkpoints/step-000006", "state/step-000006"]
+    assert folder(out) == [f"checkpoints/step-{total:06d}", f"state/step-{total:06d}"]
 
 
 def test_states_are_due_at_checkpoints_every_n_steps_and_every_m_minutes():
