@@ -243,7 +243,8 @@ def test_each_seed_adds_runs_and_renames_none(paper):
     cell = next(c for c in seeded.table_spec("table1")["cells"] if c["method"] == "ConSPO")
     assert cell["runs"] == [f"{R15}--conspo", f"{R15}--conspo--seed1", f"{R15}--conspo--seed2"]
     assert cell["seeds"] == [0, 1, 2] and cell["selections"][2].endswith(f"/selected/{R15}--conspo--seed2.json")
-    assert seeded.summary() == {"runs": 150, "evaluations": 3 * 2100, "base_evaluations": 32}
+    assert seeded.summary() == {"runs": 150, "evaluations": 3 * 2100, "base_evaluations": 32,
+                                "evaluation_jobs": 3 * 315 + 5}  # one per checkpoint of every seed, base models once
     tau5 = next(p for p in seeded.figure_spec("figure2")["points"] if p.get("value") == 5)
     assert tau5["runs"] == [f"{R15}--conspo-tau5", f"{R15}--conspo-tau5--seed1", f"{R15}--conspo-tau5--seed2"]
 
