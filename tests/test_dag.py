@@ -129,8 +129,8 @@ def test_three_seeds_triple_the_training_runs_and_change_nothing_else(paper_dry_
     assert changed == {"aggregate_table", "draw_figure1", "draw_figure2", "tables"}  # their inputs: every seed
     added = Counter(rule for rule, _ in set(three) - set(one))
     assert added == {rule: 2 * count for rule, count in Counter(job["rule"] for job in paper_dry_run).items()
-                     if rule in ("train", "write_run_config", "evaluate_checkpoint", "select_checkpoint",
-                                 "training_curves")}
+                     if rule in ("train", "write_run_config", "evaluate_checkpoint", "evaluate_checkpoint_2",
+                                 "select_checkpoint", "training_curves")}
     trained = {job["wildcards"]["run"] for job in paper_three_seeds_dry_run if job["rule"] == "train"}
     seed0 = {job["wildcards"]["run"] for job in paper_dry_run if job["rule"] == "train"}
     assert len(trained) == 150 and trained == {f"{run}{suffix}" for run in seed0 for suffix in ("", "--seed1",
