@@ -37,7 +37,9 @@ def two_seed_config() -> dict:
     tiny = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())
     return {
         "results": "results", "seed": 0, "seeds": [0, 1],
-        "training": deep_merge(tiny["training"], {"train": {"total_steps": 2, "checkpoint_every": 2}}),
+        "training": deep_merge(tiny["training"], {"train": {"total_steps": 2, "checkpoint_every": 2,
+                                                             "prompts_per_step": 4, "micro_batch_size": 8},
+                                                   "rollout": {"group_size": 4}}),  # small steps: bookkeeping
         "evaluation": tiny["evaluation"],
         "models": {"tiny-a": tiny["models"]["tiny-a"]},
         "datasets": {"DeepScaleR-Preview": tiny["datasets"]["DeepScaleR-Preview"]},
