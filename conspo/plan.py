@@ -30,11 +30,9 @@ import yaml
 
 from .atomic import write_json_atomic, write_text_atomic
 from .memory import check_plan_memory
+from .names import AVERAGE, BASE_MODEL  # noqa: F401  (part of this module's interface)
 from .objective import ParameterError, available_objectives, build_objective, objective_parameters, typed_parameters
 from .runconfig import ConfigError, checkpoint_steps, parse_config
-
-BASE_MODEL = "Base Model"
-AVERAGE = "Avg"
 
 
 class PlanError(ValueError):
@@ -518,11 +516,15 @@ class Plan:
             return f"conspo build-tiny-model --out {out} {command_args(spec['build'])}"
         return f"conspo convert-smollm2 --out {out}"
 
-    def evaluate_options(self, model: str, benchmark: str) -> str:
-        s = self.evaluation_settings(model, benchmark)
-        return command_args({"samples": s["samples"], "temperature": s["temperature"], "top_p": s["top_p"],
-                             "max_new_tokens": s["max_new_tokens"], "seed": s["seed"], "engine": s["engine"],
-                             "extraction": s["extraction"], "workers": s["workers"]})
+    def evaluate_options(self, model: str, benchmarks: list[str]) -> str:
+        """Options of one `conspo evaluate` job of `model` (a checkpoint or the base model) on `benchmarks`: the
+        model's evaluation settings, then each benchmark's data file and samples per problem."""
+        s = self.evaluation_settings(model)
+        shared = command_args({"temperature": s["temperature"], "top_p": s["top_p"],
+                               "max_new_tokens": s["max_new_tokens"], "seed": s["seed"], "engine": s["engine"],
+                               "extraction": s["extraction"], "workers": s["workers"]})
+        return " ".join([shared] + [shlex.join(["--benchmark", b, "--data", self.benchmark_data(b), "--samples",
+                                                str(self.benchmarks[b]["samples"])]) for b in benchmarks])
 
     def model_of_slug(self, model_slug: str) -> str:
         return next(m for m in self.models if slug(m) == model_slug)
@@ -562,15 +564,13 @@ class Plan:
                   for block in spec["blocks"] if block["model"] == model for b in spec["benchmarks"]}
         return [b for b in self.benchmarks if b in wanted]
 
-    def evaluation_settings(self, model: str, benchmark: str) -> dict:
-        """Options of `conspo evaluate` for one model (its max response length) on one benchmark."""
-        settings = deep_merge(self.config["evaluation"], self.models[model].get("evaluation", {}))
-        settings["samples"] = self.benchmarks[benchmark]["samples"]
-        return settings
+    def evaluation_settings(self, model: str) -> dict:
+        """Settings of `conspo evaluate` for one model (e.g. its max response length); samples are per benchmark."""
+        return deep_merge(self.config["evaluation"], self.models[model].get("evaluation", {}))
 
     def evaluations(self) -> list[str]:
-        return [self.eval_metrics(run, step, bench) for run in self.runs for step in self.checkpoint_steps(run)
-                for bench in self.run_benchmarks(run)]
+        """Every checkpoint x benchmark metrics file."""
+        return [path for run in self.runs for path in self.run_evaluations(run)]
 
     def base_evaluations(self) -> list[str]:
         return [self.base_metrics(model, bench) for model in self.models for bench in self.base_benchmarks(model)]
@@ -578,6 +578,28 @@ class Plan:
     def run_evaluations(self, run_name: str) -> list[str]:
         return [self.eval_metrics(run_name, step, bench) for step in self.checkpoint_steps(run_name)
                 for bench in self.run_benchmarks(run_name)]
+
+    def evaluation_jobs(self) -> list[str]:
+        """One evaluation job per checkpoint and per base model shown in a table (its output folder): the job
+        loads its engine once and evaluates every benchmark that checkpoint or model is needed for."""
+        return ([f"{self.results}/evals/{run}/step-{step:06d}" for run in self.runs
+                 for step in self.checkpoint_steps(run)]
+                + [f"{self.results}/evals/base/{slug(model)}" for model in self.models if self.base_benchmarks(model)])
+
+    def evaluation_rules(self) -> list[dict]:
+        """The evaluation rules the workflow defines: one per kind ("checkpoint" or "base") and distinct list of
+        benchmarks (a rule's outputs are fixed, one metrics file per benchmark), with the runs (or model slugs) whose
+        jobs it runs; checkpoint rules first, each kind's rule with the most members first (the config's key order
+        changes nothing)."""
+        rules: dict[tuple, list[str]] = {}
+        for run in self.runs:
+            rules.setdefault(("checkpoint", tuple(self.run_benchmarks(run))), []).append(run)
+        for model in self.models:
+            if self.base_benchmarks(model):
+                rules.setdefault(("base", tuple(self.base_benchmarks(model))), []).append(slug(model))
+        ordered = sorted(rules.items(), key=lambda item: (item[0][0] != "checkpoint", -len(item[1]), item[0][1]))
+        return [{"kind": kind, "benchmarks": list(benchmarks), "members": sorted(members)}
+                for (kind, benchmarks), members in ordered]
 
     def cells(self, table: str) -> list[dict]:
         return [dict(cell) for cell in self._cells[table]]
@@ -670,7 +692,7 @@ class Plan:
     def summary(self) -> dict:
         """Job counts of the whole plan (what a dry run of `tables` schedules)."""
         return {"runs": len(self.runs), "evaluations": len(self.evaluations()),
-                "base_evaluations": len(self.base_evaluations())}
+                "base_evaluations": len(self.base_evaluations()), "evaluation_jobs": len(self.evaluation_jobs())}
 
 
 def model_folder_problem(path: str) -> str | None:

@@ -99,7 +99,7 @@ class TrainConfig:
 class VerifierConfig:
     extraction: str = "boxed"
     timeout: float = 5.0
-    workers: int = 1
+    workers: int | None = None  # None: the CPUs the job was given (conspo.verifier.job_cpus)
 
 
 @dataclass

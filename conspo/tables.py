@@ -12,8 +12,9 @@ seed's value (conspo.significance). It also writes the paired comparison of the 
 every other row, per benchmark and on the average, for every checkpoint choice: difference, interval and verdict.
 
 `render` lays the cells out as the paper does (rows = methods, columns = benchmarks + Avg., one block per model):
-each cell shows the reproduced value at the best checkpoint ± its standard error, and the paper's value with the
-difference, or says that the paper has no such cell; in HTML each cell's hover text gives every seed's value. Per
+each cell shows the reproduced value at the best checkpoint ± its standard error, and the paper's value with
+the difference where the paper has the cell; one note under the title names the cells it does not have (all of them
+for the embedded default and tables beyond the paper); in HTML each cell's hover text gives every seed's value. Per
 block and column the best value is bold and the runner-up underlined (on the displayed one-decimal values, ties
 share the mark; base-model rows are not ranked, nor are rows whose run learned nothing, and a tie of every ranked
 row marks none). A row whose training run learned nothing (conspo.learning: most steps without a reward signal, or
@@ -35,7 +36,7 @@ import pandas as pd
 
 from .atomic import write_text_atomic
 from .learning import NO_SIGNAL_MARK, learned_nothing
-from .plan import AVERAGE, BASE_MODEL
+from .names import AVERAGE, BASE_MODEL
 from .significance import LEVEL, Term, compare, estimate
 
 CELL_COLUMNS = ["number", "model", "dataset", "method", "runs", "selection", "step", "benchmark", "metric", "value",
@@ -261,9 +262,27 @@ def no_signal_notes(rows: list[dict]) -> list[str]:
 
 
 def _comparison(cell: dict) -> str:
-    if cell["paper"] is None:
-        return NO_PUBLISHED
     return f"paper {cell['paper']:.1f}, Δ {cell['diff']:+.1f}"
+
+
+def unpublished_note(spec: dict, rows: list[dict]) -> str | None:
+    """One sentence naming the cells the paper has no value for (None when it has them all): said once per table
+    instead of in every cell."""
+    columns = columns_of(spec)
+    missing = {id(row): [header for bench, header in columns if row["cells"][bench]["paper"] is None]
+               for row in rows}
+    if not any(missing.values()):
+        return None
+    if all(len(headers) == len(columns) for headers in missing.values()):
+        return f"The paper has {NO_PUBLISHED} for any cell of this table."
+    parts = []
+    for row in rows:
+        headers = missing[id(row)]
+        if not headers:
+            continue
+        label = row["method"] if len(spec["blocks"]) == 1 else f"{row['method']} ({row['model']})"
+        parts.append(f"{label} (every column)" if len(headers) == len(columns) else f"{label}: {', '.join(headers)}")
+    return f"The paper has {NO_PUBLISHED} for: {'; '.join(parts)}."
 
 
 def seed_note(row: dict, cell: dict) -> str:
@@ -358,6 +377,9 @@ def _verdict_table(spec: dict, rows: list[dict]) -> dict[tuple[str, str], dict[s
 def write_markdown(spec: dict, cells: pd.DataFrame, paired: pd.DataFrame, published: dict, path: str) -> None:
     headers = [h for _, h in columns_of(spec)]
     lines = [f"# {heading(spec)}", "", seeds_sentence(spec), ""]
+    note = unpublished_note(spec, layout(spec, cells, published, "best"))
+    if note:
+        lines += [f"_{note}_", ""]
     for selection in selections(spec):
         lines += [f"## {caption(spec, selection)}", ""]
         rows = layout(spec, cells, published, selection)
@@ -370,8 +392,8 @@ def write_markdown(spec: dict, cells: pd.DataFrame, paired: pd.DataFrame, publis
                 texts = []
                 for bench, _ in columns_of(spec):
                     cell = row["cells"][bench]
-                    texts.append(f"{shown_value(row, cell, '**{}**', '<u>{}</u>')} ± {cell['se']:.1f} "
-                                 f"({_comparison(cell)})")
+                    comparison = "" if cell["paper"] is None else f" ({_comparison(cell)})"
+                    texts.append(f"{shown_value(row, cell, '**{}**', '<u>{}</u>')} ± {cell['se']:.1f}{comparison}")
                 lines.append(f"| {row['method']} | {row['step']} | " + " | ".join(texts) + " |")
             lines.append("")
         notes = no_signal_notes(rows)
@@ -396,13 +418,16 @@ def _latex_escape(text: str) -> str:
 def write_latex(spec: dict, cells: pd.DataFrame, published: dict, path: str) -> None:
     """The best-checkpoint table, booktabs, best bold and runner-up underlined as the paper typesets it."""
     columns = columns_of(spec)
+    rows = layout(spec, cells, published, "best")
+    note = unpublished_note(spec, rows)
+    note = "" if note is None else " " + _latex_escape(note)
     out = [r"% requires \usepackage{booktabs}",
            r"\begin{table}[t]", r"\centering",
-           rf"\caption{{{_latex_escape(spec['title'])} (reproduced $\pm$ s.e.; paper value and difference below)}}",
+           rf"\caption{{{_latex_escape(spec['title'])} (reproduced $\pm$ s.e.; paper value and difference below)."
+           rf"{note}}}",
            r"\resizebox{\linewidth}{!}{%",
            r"\begin{tabular}{l" + "c" * len(columns) + "}", r"\toprule",
            "Method & " + " & ".join(_latex_escape(h) for _, h in columns) + r" \\", r"\midrule"]
-    rows = layout(spec, cells, published, "best")
     for i, block in enumerate(spec["blocks"]):
         if len(spec["blocks"]) > 1:
             if i:
@@ -417,11 +442,11 @@ def write_latex(spec: dict, cells: pd.DataFrame, published: dict, path: str) -> 
                 cell = row["cells"][bench]
                 value = shown_value(row, cell, r"\textbf{{{}}}", r"\underline{{{}}}").replace(NO_SIGNAL_MARK,
                                                                                                r"$^\dagger$")
-                note = "n/p" if cell["paper"] is None else f"{cell['paper']:.1f}, {cell['diff']:+.1f}"
-                texts.append(rf"{value}{{\scriptsize$\pm${cell['se']:.1f}}} {{\tiny({note})}}")
+                paper = "" if cell["paper"] is None else rf" {{\tiny({cell['paper']:.1f}, {cell['diff']:+.1f})}}"
+                texts.append(rf"{value}{{\scriptsize$\pm${cell['se']:.1f}}}{paper}")
             out.append(_latex_escape(row["method"]) + " & " + " & ".join(texts) + r" \\")
     out += [r"\bottomrule", r"\end{tabular}}", r"\end{table}",
-            "% n/p: no published value for this cell", *(f"% {note}" for note in no_signal_notes(rows)), ""]
+            *(f"% {note}" for note in no_signal_notes(rows)), ""]
     write_text_atomic(path, "\n".join(out))
 
 
@@ -431,8 +456,7 @@ table.conspo{border-collapse:collapse;margin:8px 0 18px}
 table.conspo th,table.conspo td{border-top:1px solid #ccc;padding:3px 8px;text-align:right}
 table.conspo th:first-child,table.conspo td:first-child{text-align:left}
 table.conspo tr.block th{text-align:center;font-style:italic;background:#f4f4f4}
-.se{color:#555;font-size:11px}.paper{display:block;color:#666;font-size:11px}
-.nopaper{display:block;color:#a60;font-size:11px}
+.se{color:#555;font-size:11px}.paper{display:block;color:#666;font-size:11px}.nopaper{color:#a60}
 .nosignal{color:#a60}.better{color:#1a7f37}.worse{color:#c0392b}.interval{display:block;color:#555;font-size:11px}
 </style>"""
 
@@ -451,8 +475,7 @@ def _html_table(spec: dict, rows: list[dict], table_id: str) -> str:
             for bench, _ in columns:
                 cell = row["cells"][bench]
                 value = shown_value(row, cell, "<b>{}</b>", "<u>{}</u>")
-                note = (f'<span class="nopaper">{NO_PUBLISHED}</span>' if cell["paper"] is None else
-                        f'<span class="paper">{html.escape(_comparison(cell))}</span>')
+                note = "" if cell["paper"] is None else f'<span class="paper">{html.escape(_comparison(cell))}</span>'
                 per_seed = SEPARATOR.join(f"{v:.2f}" for v in cell["per_seed"])
                 tds.append(f'<td data-benchmark="{html.escape(bench)}" data-per-seed="{per_seed}" '
                            f'title="{html.escape(seed_note(row, cell))}">{value}'
@@ -485,12 +508,14 @@ def _html_verdicts(spec: dict, rows: list[dict], table_id: str) -> str:
 
 def write_html(spec: dict, cells: pd.DataFrame, paired: pd.DataFrame, published: dict, path: str) -> None:
     title = heading(spec)
+    note = unpublished_note(spec, layout(spec, cells, published, "best"))
     parts = [f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>{STYLE}"
              f"</head><body>", f"<h2>{html.escape(title)}</h2>",
              f"<p>Reproduced value at the best checkpoint. {html.escape(seeds_sentence(spec))} Below it the paper's "
              "value and the difference where the paper has the cell. <b>Bold</b>: best per column, "
              f"<u>underlined</u>: runner-up; {NO_SIGNAL_MARK}: the run learned nothing (not ranked; the note under "
              "the table says why).</p>",
+             *([] if note is None else [f'<p class="nopaper">{html.escape(note)}</p>']),
              _html_table(spec, layout(spec, cells, published, "best"), f"{spec['table']}-best")]
     for selection in selections(spec)[1:]:
         parts += [f"<h3>{html.escape(caption(spec, selection))}</h3>",

@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -54,7 +55,7 @@ from .rollout import chunk_seed, make_sampler, pad, prompt_token_ids
 from .runconfig import (ConfigError, RunConfig, check_world_size, checkpoint_steps, config_to_dict, load_config,
                         parse_config, total_steps)
 from .shaping import DynamicSampling, OverlongShaping
-from .verifier import Verifier
+from .verifier import Verifier, job_cpus
 
 log = logging.getLogger("conspo.train")
 
@@ -381,7 +382,9 @@ def train(cfg: RunConfig, out: Path, replace_changed: bool = False) -> dict:
     per_rank = t.prompts_per_step // world
     bar = tqdm(total=n_steps, initial=start, disable=not accelerator.is_main_process, desc=cfg.name, unit="step")
     metrics_file = out / "metrics.jsonl"
-    with Verifier(cfg.verifier.extraction, cfg.verifier.timeout, cfg.verifier.workers) as verifier:
+    # by default the job's CPUs, shared out among this node's ranks (each verifies its own rollouts)
+    workers = cfg.verifier.workers or max(1, job_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    with Verifier(cfg.verifier.extraction, cfg.verifier.timeout, workers) as verifier:
         for step in range(start, n_steps):
             progress = min(step / n_steps, 1.0)
             started = time.perf_counter()

@@ -335,8 +335,16 @@ class _Worker:
         self.results.close()
 
 
+def job_cpus() -> int:
+    """The CPUs this job was given: the threads Snakemake gave it (a rule's shell command sees them as
+    OMP_NUM_THREADS, locally and inside a SLURM job) when set, capped by the CPUs this process may run on."""
+    usable = len(os.sched_getaffinity(0))
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    return min(int(threads), usable) if threads.isdigit() and int(threads) > 0 else usable
+
+
 class Verifier:
-    """Checks responses against golds with math-verify on `workers` processes (default: one per usable core).
+    """Checks responses against golds with math-verify on `workers` processes (default: `job_cpus()`).
 
     `timeout` (seconds) is the limit for judging one response (workers stop themselves then; one stuck in C code is
     killed `KILL_GRACE` later); `cache_bytes` bounds the memory of the cache of decided (answer, gold) pairs (0: no
@@ -354,7 +362,7 @@ class Verifier:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         self.extraction = extraction
         self.timeout = float(timeout)
-        self.workers = workers if workers is not None else len(os.sched_getaffinity(0))
+        self.workers = workers if workers is not None else job_cpus()
         if self.workers < 1:
             raise ValueError(f"workers must be >= 1, got {self.workers}")
         self.cache_bytes = cache_bytes

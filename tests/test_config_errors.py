@@ -81,8 +81,8 @@ def pypi_math500(train: dict, benchmark: dict, exclude: bool = False, allow: boo
 
 CORPUS = [
     # ------------------------------------------------------------------ the file itself
-    ("YAML syntax error", text_edit("  group_size: 4\n", "  group_size: [4\n"), "config/case.yaml, line"),
-    ("tab indentation", text_edit("    group_size: 4\n", "\tgroup_size: 4\n"), "config/case.yaml, line"),
+    ("YAML syntax error", text_edit("  group_size: 8\n", "  group_size: [8\n"), "config/case.yaml, line"),
+    ("tab indentation", text_edit("    group_size: 8\n", "\tgroup_size: 8\n"), "config/case.yaml, line"),
     ("method defined twice", text_edit("  GRPO: {objective: grpo}\n", "  GRPO: {objective: grpo}\n  GRPO: "
                                        "{objective: grpo, params: {clip_eps_high: 0.28}}\n"), "methods.GRPO"),
     ("training setting defined twice", text_edit("    lr: 1.0e-4\n", "    lr: 1.0e-4\n    lr: 1.0e-3\n"),
@@ -207,10 +207,11 @@ def test_the_corpus_config_itself_parses(tmp_path):
     config_file = tmp_path / "tiny.yaml"
     config = {**TINY, "results": str(tmp_path / "results")}
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    assert len(parse(config_file).runs) == 9
-    hub_dataset(prepared_lines=64)(config)  # a Hub training set whose prepared file matches n_prompts
+    assert len(parse(config_file).runs) == 10  # the embedded default's distinct runs
+    matching = config["datasets"]["DeepScaleR-Preview"]["n_prompts"]
+    hub_dataset(prepared_lines=matching)(config)  # a Hub training set whose prepared file matches n_prompts
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    assert len(parse(config_file).runs) == 9
+    assert len(parse(config_file).runs) == 10  # the embedded default's distinct runs
 
 
 @pytest.mark.parametrize("edit, shown", [

@@ -69,8 +69,11 @@ def paper_dry_run(tmp_path_factory):
 def test_paper_grid_job_counts(paper_dry_run):
     counts = Counter(job["rule"] for job in paper_dry_run)
     assert counts["train"] == 50  # 48 for the paper's tables and figures, CLIPO and CEPO for the table beyond it
-    assert counts["evaluate_checkpoint"] == 2100  # 2002 + 2 runs x 7 checkpoints x 7 benchmarks
-    assert counts["evaluate_base_model"] == 32  # each base model once per benchmark it is shown on
+    # one evaluation job per checkpoint (on every benchmark it is needed for) and per base model: 315 + 5, where one
+    # job per checkpoint x benchmark made 2,100 + 32; the second rule of each holds Table 4's model (4 benchmarks)
+    assert counts["evaluate_checkpoint"] == 280 and counts["evaluate_checkpoint_2"] == 35
+    assert counts["evaluate_base_model"] == 4 and counts["evaluate_base_model_2"] == 1
+    assert sum(n for rule, n in counts.items() if rule.startswith("evaluate_")) == 320 <= 332
     assert counts["select_checkpoint"] == 50 and counts["training_curves"] == 50
     assert counts["prepare_model"] == 5 and counts["prepare_training_set"] == 2 and counts["prepare_benchmark"] == 7
     assert counts["aggregate_table"] == counts["render_table"] == 7  # Tables 1-6 and the table beyond the paper
@@ -127,8 +130,8 @@ def test_three_seeds_triple_the_training_runs_and_change_nothing_else(paper_dry_
     assert changed == {"aggregate_table", "draw_figure1", "draw_figure2", "tables"}  # their inputs: every seed
     added = Counter(rule for rule, _ in set(three) - set(one))
     assert added == {rule: 2 * count for rule, count in Counter(job["rule"] for job in paper_dry_run).items()
-                     if rule in ("train", "write_run_config", "evaluate_checkpoint", "select_checkpoint",
-                                 "training_curves")}
+                     if rule in ("train", "write_run_config", "evaluate_checkpoint", "evaluate_checkpoint_2",
+                                 "select_checkpoint", "training_curves")}
     trained = {job["wildcards"]["run"] for job in paper_three_seeds_dry_run if job["rule"] == "train"}
     seed0 = {job["wildcards"]["run"] for job in paper_dry_run if job["rule"] == "train"}
     assert len(trained) == 150 and trained == {f"{run}{suffix}" for run in seed0 for suffix in ("", "--seed1",
@@ -151,7 +154,12 @@ def test_cluster_jobs_carry_gpu_and_node_resources(paper_dry_run):
     assert large["shell"].startswith("srun --nodes=4 --ntasks-per-node=1 bash -c 'accelerate launch")
     evaluation = next(job for job in paper_dry_run if job["rule"] == "evaluate_checkpoint")
     assert evaluation["resources"]["gres"] == "gpu:1" and evaluation["resources"]["nodes"] == "1"
-    assert "--samples" in evaluation["shell"] and "--engine vllm" in evaluation["shell"]
+    assert "--engine vllm" in evaluation["shell"] and evaluation["shell"].count("--benchmark ") == 7
+    assert len(evaluation["output"]) == 7 and all(p.endswith(".metrics.json") for p in evaluation["output"])
+    assert "--benchmark AIME24 --data results/data/benchmarks/AIME24.jsonl --samples 32" in evaluation["shell"]
+    assert "--benchmark MATH500 --data results/data/benchmarks/MATH500.jsonl --samples 1" in evaluation["shell"]
+    llama = next(job for job in paper_dry_run if job["rule"] == "evaluate_checkpoint_2")
+    assert llama["wildcards"]["run"].startswith("llama-3.2-3b-instruct--") and llama["shell"].count("--benchmark ") == 4
 
 
 def test_lint_is_clean(tmp_path):

@@ -34,7 +34,9 @@ pytestmark = pytest.mark.skipif(not snakemake.__version__.startswith("9.27"),
 def reduced_tiny_config() -> dict:
     config = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())
     config["models"] = {"tiny-a": config["models"]["tiny-a"]}
-    config["training"]["train"].update(total_steps=2, checkpoint_every=2, lr=1.0e-3)
+    config["training"]["train"].update(total_steps=2, checkpoint_every=2, lr=1.0e-3, prompts_per_step=4,
+                                       micro_batch_size=8)  # two steps of 4 prompts x 4 rollouts, as measured
+    config["training"]["rollout"]["group_size"] = 4
     config["datasets"] = {"DeepScaleR-Preview": {"prepare": {"dataset": "deepscaler", "source": "synthetic", "n": 16,
                                                              "seed": 0}, "n_prompts": 16}}
     config["benchmarks"] = {"MATH500": {"prepare": {"dataset": "math500", "source": "synthetic", "n": 48, "seed": 0},

@@ -47,6 +47,20 @@ def test_transformers_engine_wraps_an_in_memory_policy_and_leaves_its_mode(tiny_
     assert from_path.generate(PROMPTS, n=2, temperature=0.0, top_p=1.0, max_new_tokens=12, seed=5) == greedy
 
 
+def test_transformers_stream_gives_one_completion_per_prompt_the_same_for_the_same_batch(tiny_model_path):
+    engine = make_engine("transformers", tiny_model_path, batch_size=2)
+    prompts, seeds = PROMPTS * 2, [5, 6, 7, 8, 9, 10]
+    batches = list(engine.stream(prompts, seeds, temperature=1.0, top_p=0.95, max_new_tokens=12))
+    assert [[index for index, _ in batch] for batch in batches] == [[0, 1], [2, 3], [4, 5]]  # batch by batch
+    completions = [completion for batch in batches for _, completion in batch]
+    for half in (completions[:3], completions[3:]):
+        check_completions([[c] for c in half], engine.tokenizer, 1, 12)
+    again = [c for batch in engine.stream(prompts[2:4], seeds[2:4], temperature=1.0, top_p=0.95, max_new_tokens=12)
+             for _, c in batch]
+    assert again == completions[2:4]  # the same batch (prompts and seeds) gives the same completions
+    assert not engine.seeds_per_request
+
+
 def test_chat_template_is_applied_only_when_asked_and_present():
     tokenizer = build_tiny_tokenizer()
     plain = tokenizer.encode("Compute 1+1.", add_special_tokens=False)
@@ -80,3 +94,21 @@ def test_vllm_engine_on_the_tiny_model(tiny_model_path):
     reference = make_engine("transformers", tiny_model_path).generate(
         PROMPTS, n=1, temperature=0.0, top_p=1.0, max_new_tokens=12, seed=0)
     assert [group[0].text for group in greedy] == [group[0].text for group in reference]
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_stream_hands_back_sequences_as_they_finish_each_by_its_own_seed(tiny_model_path):
+    engine = make_engine("vllm", tiny_model_path, max_model_len=256, enforce_eager=True)
+    prompts = PROMPTS * 8
+    seeds = list(range(100, 100 + len(prompts)))
+    sampling = {"temperature": 1.0, "top_p": 0.95, "max_new_tokens": 24}
+    batches = list(engine.stream(prompts, seeds, **sampling))
+    assert len(batches) > 1 and sorted(i for batch in batches for i, _ in batch) == list(range(len(prompts)))
+    whole = {i: c for batch in batches for i, c in batch}
+    every_third = list(range(0, len(prompts), 3))
+    alone = {every_third[i]: c for batch in engine.stream([prompts[i] for i in every_third],
+                                                          [seeds[i] for i in every_third], **sampling)
+             for i, c in batch}
+    assert alone == {i: whole[i] for i in every_third}  # the same sequence in another batch
+    assert engine.seeds_per_request

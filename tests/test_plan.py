@@ -64,7 +64,7 @@ def test_checkpoints_and_evaluations(paper):
     assert paper.run_benchmarks("llama-3.2-3b-instruct--deepscaler-preview--grpo") == [
         "AIME24", "MATH500", "AMC", "OlympiadBench"]
     # 25 runs x 7 ckpts x 7 + 2 x 5 x 7 x 7 + 5 x 4 x 7 (Qwen3-4B) + 5 x 7 x 4 (Llama, Table 4) + 5 x 3 x 7 (DAPO)
-    assert paper.summary() == {"runs": 50, "evaluations": 2100, "base_evaluations": 32}
+    assert paper.summary() == {"runs": 50, "evaluations": 2100, "base_evaluations": 32, "evaluation_jobs": 320}
     assert paper.base_benchmarks("Llama-3.2-3B-Instruct") == ["AIME24", "MATH500", "AMC", "OlympiadBench"]
 
 
@@ -113,10 +113,11 @@ def test_run_configs_follow_tables_7_and_8(paper):
     assert qwen3["method"]["params"]["aggregation_constant"] == 4096  # Dr. GRPO divides by the max length
     dapo = paper.run_config(f"{R15}--dapo")
     assert dapo["dynamic_sampling"]["enabled"] and dapo["overlong_shaping"]["enabled"]
-    options = paper.evaluate_options("Llama-3.2-3B-Instruct", "AIME24")
-    assert "--samples 32" in options and "--temperature 0.6" in options and "--top-p 0.95" in options
-    assert "--max-new-tokens 4096" in options
-    assert "--samples 1" in paper.evaluate_options("DeepSeek-R1-Distill-Qwen-7B", "MATH500")
+    options = paper.evaluate_options("Llama-3.2-3B-Instruct", ["AIME24", "MATH500"])
+    assert "--temperature 0.6" in options and "--top-p 0.95" in options and "--max-new-tokens 4096" in options
+    assert options.endswith("--benchmark AIME24 --data results/data/benchmarks/AIME24.jsonl --samples 32 "
+                            "--benchmark MATH500 --data results/data/benchmarks/MATH500.jsonl --samples 1")
+    assert "--workers" not in options  # the verifier uses the CPUs the job was given
 
 
 def test_cluster_resources_per_model_size(paper):
@@ -153,10 +154,13 @@ def test_tiny_config_exercises_every_table_and_figure():
     assert set(tiny.tables) == {*(f"table{i}" for i in range(1, 7)), "beyond"}
     assert set(tiny.figures) == {"figure1", "figure2"}
     assert all(m["source"] == "tiny" for m in tiny.models.values())
-    assert len(tiny.runs) == 9
-    # the warm-ups end within the 4 steps, so CLIPO shapes rewards and CEPO reweights tokens before the run ends
-    assert tiny.run_config("tiny-a--deepscaler-preview--clipo")["method"]["params"]["head_warmup_steps"] == 1
+    assert len(tiny.runs) == 10
+    # the warm-ups end early in the 30 steps, so CLIPO shapes rewards and CEPO reweights tokens for most of the run
+    assert tiny.run_config("tiny-a--deepscaler-preview--clipo")["method"]["params"]["head_warmup_steps"] == 3
     assert tiny.run_config("tiny-a--deepscaler-preview--cepo")["method"]["params"]["warmup_steps"] == 2
+    # every run trains with the same settings
+    assert len({repr({k: v for k, v in tiny.run_config(run).items() if k not in ("name", "method", "model", "data")})
+                for run in tiny.runs}) == 1
     assert tiny.config["evaluation"]["engine"] == "transformers"
     assert tiny.model_command("tiny-a").startswith("conspo build-tiny-model --out results/models/tiny-a --batch-size")
 
@@ -181,8 +185,9 @@ def test_key_order_of_the_config_changes_no_job(name):
     for run in plan.runs:
         assert repr(plan.run_config(run)) == repr(reordered.run_config(run)), run
         model = plan.runs[run].model
-        for benchmark in plan.run_benchmarks(run):
-            assert plan.evaluate_options(model, benchmark) == reordered.evaluate_options(model, benchmark)
+        benchmarks = plan.run_benchmarks(run)
+        assert plan.evaluate_options(model, benchmarks) == reordered.evaluate_options(model, benchmarks)
+    assert plan.evaluation_rules() == reordered.evaluation_rules()
     for model in plan.models:
         assert plan.model_command(model) == reordered.model_command(model)
     for spec in [*plan.tables, *plan.figures]:
@@ -239,7 +244,8 @@ def test_each_seed_adds_runs_and_renames_none(paper):
     cell = next(c for c in seeded.table_spec("table1")["cells"] if c["method"] == "ConSPO")
     assert cell["runs"] == [f"{R15}--conspo", f"{R15}--conspo--seed1", f"{R15}--conspo--seed2"]
     assert cell["seeds"] == [0, 1, 2] and cell["selections"][2].endswith(f"/selected/{R15}--conspo--seed2.json")
-    assert seeded.summary() == {"runs": 150, "evaluations": 3 * 2100, "base_evaluations": 32}
+    assert seeded.summary() == {"runs": 150, "evaluations": 3 * 2100, "base_evaluations": 32,
+                                "evaluation_jobs": 3 * 315 + 5}  # one per checkpoint of every seed, base models once
     tau5 = next(p for p in seeded.figure_spec("figure2")["points"] if p.get("value") == 5)
     assert tau5["runs"] == [f"{R15}--conspo-tau5", f"{R15}--conspo-tau5--seed1", f"{R15}--conspo-tau5--seed2"]
 

@@ -141,24 +141,49 @@ def test_comparison_uses_the_right_published_value(paper_results):
     assert table6.loc[("best", "w/o scheduled margin"), "MATH500 paper"] == pytest.approx(89.0)
 
 
-def test_cells_without_a_published_counterpart_say_so(paper_results, tmp_path):
-    plan, _ = paper_results
+def render_edited(plan, tmp_path, edit) -> Path:
+    """Table 1's files rendered under a spec changed by `edit(spec)`; returns the output prefix."""
     spec = plan.table_spec("table1")
+    edit(spec)
     spec_path = tmp_path / "spec.json"
-    spec["blocks"][0]["model"] = "tiny-a"  # same files, a model the paper never trained
-    for cell in spec["cells"]:
-        cell["model"] = "tiny-a"
     spec_path.write_text(json.dumps(spec))
     agg_cells, agg_paired = tmp_path / "cells.csv", tmp_path / "paired.csv"
     tables.main(["tables", "aggregate", "--spec", str(spec_path), "--cells", str(agg_cells), "--paired",
                  str(agg_paired)])
     tables.main(["tables", "render", "--spec", str(spec_path), "--cells", str(agg_cells), "--paired",
                  str(agg_paired), "--published", str(PUBLISHED), "--out-prefix", str(tmp_path / "t")])
-    text = (tmp_path / "t.html").read_text()
-    assert text.count(tables.NO_PUBLISHED) == 2 * 9 * 8  # best and last tables, 9 rows x 8 columns
-    assert "Δ" not in (tmp_path / "t.md").read_text()
-    frame = pd.read_csv(tmp_path / "t.csv")
+    return tmp_path / "t"
+
+
+def test_cells_without_a_published_counterpart_say_so_once(paper_results, tmp_path):
+    def unpublished_model(spec):  # same files, a model the paper never trained
+        spec["blocks"][0]["model"] = "tiny-a"
+        for cell in spec["cells"]:
+            cell["model"] = "tiny-a"
+
+    prefix = render_edited(paper_results[0], tmp_path, unpublished_model)
+    note = "The paper has no published value for any cell of this table."
+    for ext in ("html", "md", "tex"):
+        text = Path(f"{prefix}.{ext}").read_text()
+        assert text.count(tables.NO_PUBLISHED) == 1 and note in text, ext  # once, not under each of 2 x 9 x 8 cells
+        assert "Δ" not in text and "paper 3" not in text
+    frame = pd.read_csv(f"{prefix}.csv")
     assert frame["AIME24 paper"].isna().all()
+
+
+def test_a_row_without_published_values_is_named_in_the_note(paper_results, tmp_path):
+    def renamed_method(spec):  # GRPO's files under a method name the paper has no row for
+        spec["methods"] = [m if m != "GRPO" else "GRPO (ours)" for m in spec["methods"]]
+        for cell in spec["cells"]:
+            cell["method"] = "GRPO (ours)" if cell["method"] == "GRPO" else cell["method"]
+
+    prefix = render_edited(paper_results[0], tmp_path, renamed_method)
+    html = Path(f"{prefix}.html").read_text()
+    assert html.count(tables.NO_PUBLISHED) == 1
+    assert "The paper has no published value for: GRPO (ours) (every column)." in html
+    assert html.count('class="paper"') == 2 * 8 * 8  # the other 8 rows keep their published value in every column
+    row = next(line for line in Path(f"{prefix}.md").read_text().splitlines() if line.startswith("| GRPO (ours)"))
+    assert "paper" not in row and "±" in row
 
 
 def test_table_beyond_the_paper_says_no_cell_is_published(paper_results):
@@ -174,7 +199,7 @@ def test_table_beyond_the_paper_says_no_cell_is_published(paper_results):
     assert beyond.loc[("best", "CLIPO"), "MATH500"] == pytest.approx(30.0)
     html = Path(f"{rendered['beyond']}.html").read_text()
     assert f"<title>{title}</title>" in html and "Table None" not in html
-    assert html.count(tables.NO_PUBLISHED) == 2 * 5 * 8  # best and last tables, 5 rows x 8 columns
+    assert html.count(tables.NO_PUBLISHED) == 1  # one note for the 2 x 5 x 8 cells of the best and last tables
     assert 'id="beyond-best"' in html and 'id="beyond-last"' in html and 'id="beyond-paired"' in html
     markdown = Path(f"{rendered['beyond']}.md").read_text()
     assert markdown.startswith(f"# {title}\n") and "Δ" not in markdown
@@ -183,7 +208,7 @@ def test_table_beyond_the_paper_says_no_cell_is_published(paper_results):
     assert marks["ConSPO"]["MATH500"] == "best" and marks["GRPO"]["MATH500"] == "second"
     assert marks[BASE_MODEL]["MATH500"] == "" and marks["CLIPO"]["MATH500"] == ""
     latex = Path(f"{rendered['beyond']}.tex").read_text()
-    assert rf"\caption{{{title} " in latex and latex.count("(n/p)") == 5 * 8 and r"\underline{" in latex
+    assert rf"\caption{{{title} " in latex and latex.count(tables.NO_PUBLISHED) == 1 and r"\underline{" in latex
 
 
 def marked(markdown: str, block_title: str | None = None) -> dict[str, dict[str, str]]:

@@ -1,8 +1,10 @@
 """The embedded default end to end: README command 1's Makefile recipe (`make run`) executed in a copy of the
 checkout that reuses the environment already built, then: every table and figure exists, a second invocation has
-nothing to do, one cell regenerates alone, the report opens in Chromium (a changed method retraining only its own
-runs, executed: tests/test_dag_rerun.py). No test keeps its own copy of that command line: a broken `make run`
-fails here. In `make test` (CI): ~10 min of the suite on 2 cores, the DAG itself ~150 jobs."""
+nothing to do, one cell regenerates alone (and redraws only its own benchmark's samples), the report opens in
+Chromium (a changed method retraining only its own runs, executed: tests/test_dag_rerun.py). The default shows
+learning: Table 1's GRPO and ConSPO rows beat the base model by more than 3 standard errors and every Figure 2 panel
+varies. No test keeps its own copy of that command line: a broken `make run` fails here. In `make test` (CI): ~10 min
+of the suite on 2 cores, the DAG itself 89 jobs."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
-CELL = "results/evals/tiny-a--deepscaler-preview--conspo/step-000004/AIME24.metrics.json"
+CELL = "results/evals/tiny-a--deepscaler-preview--conspo/step-000030/AIME24.metrics.json"
 
 
 
@@ -70,7 +72,7 @@ def test_every_table_and_figure_is_built(tiny_run):
         for ext in ("csv", "md", "tex", "html"):
             assert (results / "tables" / table / f"{table}.{ext}").stat().st_size > 0
     assert (results / "figures" / "figure1.png").exists() and (results / "figures" / "figure2.png").exists()
-    assert len(list((results / "figures" / "curves").glob("*.png"))) == 9  # one per distinct run
+    assert len(list((results / "figures" / "curves").glob("*.png"))) == 10  # one per distinct run
     assert (results / "report.html").stat().st_size > 100_000
 
 
@@ -96,3 +98,50 @@ def test_report_opens_in_chromium(tiny_run):
     assert "w/o scheduled margin" in seen["opened"]["table6.html"]["text"]
     assert "CLIPO" in seen["opened"]["beyond.html"]["text"] and "CEPO" in seen["opened"]["beyond.html"]["text"]
     assert (tiny_run / "results" / "report.png").stat().st_size > 10_000
+
+
+def test_table1_shows_grpo_and_conspo_above_the_base_model(tiny_run):
+    """The rendered Table 1 (best checkpoints): each method's average over the seven benchmarks exceeds the base
+    model's by more than 3 standard errors of the difference (the two cells' standard errors combined)."""
+    import math
+
+    import pandas as pd
+
+    cells = pd.read_csv(tiny_run / "results" / "tables" / "table1" / "cells.csv")
+    average = cells[(cells["selection"] == "best") & (cells["benchmark"] == "Avg")].set_index("method")
+    base = average.loc["Base Model"]
+    for method in ("GRPO", "ConSPO"):
+        row = average.loc[method]
+        gain, se = row["value"] - base["value"], math.hypot(row["se_problems"], base["se_problems"])
+        print(f"Table 1, {method}: {row['value']:.2f} vs base {base['value']:.2f}: gain {gain:+.2f} ± {se:.2f}, "
+              f"z = {gain / se:.1f}")
+        assert gain > 3 * se, method
+
+
+def test_figure2_panels_vary(tiny_run):
+    from conspo.figures import read_data
+
+    panels = read_data(str(tiny_run / "results" / "figures" / "figure2.png"))["panels"]
+    assert set(panels) == {"tau", "M", "alpha"}
+    for name, panel in panels.items():
+        print(f"Figure 2, {name}: {dict(zip(panel['values'], (round(m, 2) for m in panel['mean'])))}")
+        assert len(set(panel["mean"])) == len(panel["values"]) == 2, name
+
+
+def test_a_cell_drawn_anew_leaves_the_other_samples_untouched(tiny_run):
+    """Deleting one benchmark's samples and metrics and asking for the cell reruns the checkpoint's one evaluation
+    job: it draws that benchmark's samples again (the same ones: seeded per sample) and only recomputes the other
+    benchmarks' metrics from the samples on disk."""
+    evals = (tiny_run / CELL).parent
+    samples = evals / "AIME24.samples.jsonl"
+    drawn = samples.read_text()
+    others = {path.name: path.stat().st_mtime_ns for path in evals.glob("*.samples.jsonl") if path != samples}
+    assert len(others) == 6
+    samples.unlink()
+    (tiny_run / CELL).unlink()
+    output = snakemake(tiny_run, "--cores", "2", CELL)
+    assert [rule for rule, _ in scheduled(output)] == ["evaluate_checkpoint"]
+    assert samples.read_text() == drawn
+    assert {path.name: path.stat().st_mtime_ns for path in evals.glob("*.samples.jsonl") if path != samples} == others
+    log = (evals / "evaluate.log").read_text().split("verifier:")[-1]
+    assert "AIME24: 0 of 512 samples on disk" in log and "generating 512 samples" in log

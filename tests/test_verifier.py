@@ -271,3 +271,15 @@ def test_normalise_number(raw, gold):
 ])
 def test_normalise_olympiad_answer(raw, gold):
     assert normalise_olympiad_answer(raw) == gold
+
+
+def test_workers_default_to_the_cpus_the_job_was_given(monkeypatch):
+    from conspo.verifier import job_cpus
+
+    usable = len(os.sched_getaffinity(0))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # Snakemake's threads for the job
+    assert job_cpus() == 1 and Verifier().workers == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", str(usable + 7))  # more than the process may use: capped
+    assert job_cpus() == usable
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert job_cpus() == usable
