@@ -71,10 +71,10 @@ def token_budget_partition(lengths: list[int], max_tokens: int, parts: int | Non
 def split_by_tokens(batch: RolloutBatch, max_tokens: int,
                     agree: Callable[[int], int] = lambda k: k) -> list[tuple[Tensor, RolloutBatch]]:
     """The token-budget micro-batches of `batch`: (row indices, those rows padded to their own widths) pairs, as
-    many as `agree` returns for this rank's own count (every rank's maximum under data parallelism)."""
+    many as `agree` returns for this rank's own count (every rank's maximum under data parallelism), at least one."""
     lengths = (batch.prompt_mask.sum(-1) + batch.response_mask.sum(-1)).tolist()
     groups = token_budget_partition(lengths, max_tokens)
-    groups = token_budget_partition(lengths, max_tokens, agree(len(groups)))
+    groups = token_budget_partition(lengths, max_tokens, agree(max(len(groups), 1)))  # an empty batch: one empty
     device = batch.response_ids.device
     out = []
     for group in groups:
@@ -384,3 +384,11 @@ class GradientPasses:
 
     def backward(self, surrogate: Tensor, last: bool) -> None:
         self.forward.backward(surrogate, last)
+
+    def skipped(self, rows: RolloutBatch) -> None:
+        """Rows the update leaves out (conspo.objective.accumulate_gradients' `skip_zero_rows`): when this pass stands
+        in for the behaviour policy's, their entropies still come from a no-grad pass, so the logged entropy covers
+        every row (the cost of a forward without activations kept, against a forward and backward saved)."""
+        if self.old_from_pass:
+            _, entropy = self.forward.token_logprobs(rows, entropy=True)
+            self.stats.add_entropy(entropy, rows.response_mask)

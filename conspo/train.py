@@ -202,7 +202,7 @@ def optimizer_steps(objective: Objective, batch: RolloutBatch, forward: PolicyFo
             terms = objective.sequence_terms(mini, mini.old_logprobs) if on_policy and not old_from_pass else None
             optimizer.zero_grad(set_to_none=True)
             loss, objective_metrics = accumulate_gradients(objective, mini, passes, progress=progress, terms=terms,
-                                                           collective=collective)
+                                                           collective=collective, skip_zero_rows=t.skip_zero_rows)
             # under DeepSpeed: the engine has clipped and stepped; this returns its norm, step() is a no-op
             norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm or float("inf"))
             optimizer.step()
@@ -215,7 +215,8 @@ def optimizer_steps(objective: Objective, batch: RolloutBatch, forward: PolicyFo
 
 
 # keys that change how a run is carried out, not what it computes: a run resumes under new values of these
-OPERATIONAL_KEYS = (("train", "save_every"), ("train", "save_every_minutes"), ("verifier", "workers"))
+OPERATIONAL_KEYS = (("train", "save_every"), ("train", "save_every_minutes"), ("train", "skip_zero_rows"),
+                    ("verifier", "workers"))
 
 
 def config_change(saved: Path, cfg: RunConfig) -> str | None:
