@@ -72,7 +72,7 @@ def update(model, forward, objective, batch, skip: bool) -> dict:
     from conspo.objective import accumulate_gradients
 
     model.zero_grad(set_to_none=True)
-    passes = forward.gradient_passes(old_from_pass=objective.linear)
+    passes = forward.gradient_passes(old_from_pass=objective.linear, on_policy=True)
     terms = None if objective.linear else objective.sequence_terms(batch, batch.old_logprobs)
     _, metrics = accumulate_gradients(objective, batch, passes, progress=0.0, terms=terms, skip_zero_rows=skip)
     return {"skipped": metrics["skipped_rows"], "grads": [p.grad.clone() for p in model.parameters()]}

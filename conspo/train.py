@@ -198,7 +198,7 @@ def optimizer_steps(objective: Objective, batch: RolloutBatch, forward: PolicyFo
         for chosen in torch.tensor_split(order, t.mini_batches_per_step):
             mini = batch.select(torch.nonzero(torch.isin(batch.group_ids, chosen)).flatten())
             on_policy = not losses  # no optimizer step yet since the rollouts: old log-probs are current
-            passes = forward.gradient_passes(old_from_pass=on_policy and old_from_pass)
+            passes = forward.gradient_passes(old_from_pass=on_policy and old_from_pass, on_policy=on_policy)
             terms = objective.sequence_terms(mini, mini.old_logprobs) if on_policy and not old_from_pass else None
             optimizer.zero_grad(set_to_none=True)
             loss, objective_metrics = accumulate_gradients(objective, mini, passes, progress=progress, terms=terms,
