@@ -71,10 +71,10 @@ def token_budget_partition(lengths: list[int], max_tokens: int, parts: int | Non
 def split_by_tokens(batch: RolloutBatch, max_tokens: int,
                     agree: Callable[[int], int] = lambda k: k) -> list[tuple[Tensor, RolloutBatch]]:
     """The token-budget micro-batches of `batch`: (row indices, those rows padded to their own widths) pairs, as
-    many as `agree` returns for this rank's own count (every rank's maximum under data parallelism)."""
+    many as `agree` returns for this rank's own count (every rank's maximum under data parallelism), at least one."""
     lengths = (batch.prompt_mask.sum(-1) + batch.response_mask.sum(-1)).tolist()
     groups = token_budget_partition(lengths, max_tokens)
-    groups = token_budget_partition(lengths, max_tokens, agree(len(groups)))
+    groups = token_budget_partition(lengths, max_tokens, agree(max(len(groups), 1)))  # an empty batch: one empty
     device = batch.response_ids.device
     out = []
     for group in groups:
@@ -344,9 +344,9 @@ class PolicyForward:
                     pooled[rows] = sums / mb.response_mask.sum(-1, keepdim=True)
         return pooled
 
-    def gradient_passes(self, old_from_pass: bool = False) -> "GradientPasses":
+    def gradient_passes(self, old_from_pass: bool = False, on_policy: bool = False) -> "GradientPasses":
         """The passes `accumulate_gradients` runs for one optimizer step (conspo.objective.Passes)."""
-        return GradientPasses(self, old_from_pass)
+        return GradientPasses(self, old_from_pass, on_policy)
 
 
 def _unpack(values: Tensor, mask: Tensor) -> Tensor:
@@ -361,10 +361,12 @@ class GradientPasses:
 
     In gradient passes every micro-batch's token ratios pi/pi_old are counted. `old_from_pass`: the first, strictly
     on-policy update of a step whose separate no-grad pass was skipped: the old log-probs (and the entropies) are
-    this pass's own, detached, and are written into the micro-batch before the objective reads it."""
+    this pass's own, detached, and are written into the micro-batch before the objective reads it. `on_policy`: no
+    optimizer step since the rollouts (every ratio is 1; implied by `old_from_pass`)."""
 
     forward: PolicyForward
     old_from_pass: bool = False
+    on_policy: bool = False
     stats: ForwardStats = field(default_factory=ForwardStats)
 
     def split(self, batch: RolloutBatch) -> list[tuple[Tensor, RolloutBatch]]:
@@ -384,3 +386,15 @@ class GradientPasses:
 
     def backward(self, surrogate: Tensor, last: bool) -> None:
         self.forward.backward(surrogate, last)
+
+    def skipped(self, rows: RolloutBatch) -> None:
+        """Rows the update leaves out (conspo.objective.accumulate_gradients' `skip_zero_rows`). When this pass stands
+        in for the behaviour policy's, their entropies still come from a no-grad pass, so the logged entropy covers
+        every row (the cost of a forward without activations kept, against a forward and backward saved). On-policy
+        their ratios are exactly 1, inside the clip band, and are counted so; off-policy (a later mini-batch or
+        epoch) the clip fractions cover the forwarded tokens only."""
+        if self.old_from_pass:
+            _, entropy = self.forward.token_logprobs(rows, entropy=True)
+            self.stats.add_entropy(entropy, rows.response_mask)
+        if self.old_from_pass or self.on_policy:
+            self.stats.ratio_tokens += float(rows.response_mask.sum())

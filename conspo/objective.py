@@ -56,6 +56,12 @@ class Objective:
         """Whether the batch must carry ref_logprobs (a KL term to a reference model)."""
         return False
 
+    def inert_rows(self, batch: RolloutBatch) -> Tensor:
+        """[n] bool: rows whose every sequence term is constant in the policy's log-probs or has a coefficient that is
+        zero whatever the terms, so they add nothing to the gradient (default: none; exactness is tested for every
+        registered objective). Rows whose computed coefficients are all zero are found without this."""
+        return torch.zeros(len(batch), dtype=torch.bool, device=batch.rewards.device)
+
     def prepare(self, batch: RolloutBatch, context: "RolloutContext") -> RolloutBatch:
         """Method-specific work on a fresh rollout batch, before advantages are computed (default: none).
 
@@ -259,11 +265,13 @@ class Passes(Protocol):
     `RowChunks` for a plain log-prob function).
 
     - `split(batch)`: the micro-batches, as (row indices, rows) pairs; under sharded data parallelism every rank
-      returns as many (some possibly empty), since each forward and backward communicates;
+      returns as many (some possibly empty), since each forward and backward communicates; an empty batch gives one
+      empty micro-batch or none (then every rank must give none);
     - `logprobs(mb)`: response log-probs [n, T] of one micro-batch, with gradients when enabled;
     - `no_sync(last)`: the context one gradient micro-batch's forward and backward run in (DDP's no_sync but for the
       last one);
-    - `backward(surrogate, last)`: back-propagate one micro-batch's surrogate, `last` marking the step's final one.
+    - `backward(surrogate, last)`: back-propagate one micro-batch's surrogate, `last` marking the step's final one;
+    - `skipped(rows)`: the rows left out of the gradient pass, for bookkeeping that must still see every row.
     """
 
     def split(self, batch: RolloutBatch) -> list[tuple[Tensor, RolloutBatch]]: ...
@@ -273,6 +281,9 @@ class Passes(Protocol):
     def no_sync(self, last: bool) -> contextlib.AbstractContextManager: ...
 
     def backward(self, surrogate: Tensor, last: bool) -> None: ...
+
+    def skipped(self, rows: RolloutBatch) -> None:
+        """Rows left out of the gradient pass (`skip_zero_rows`), called on every rank when any rank skips some."""
 
 
 @dataclass
@@ -287,7 +298,7 @@ class RowChunks:
             raise ValueError(f"rows must be positive, got {self.rows}")
         size = self.rows or max(len(batch), 1)
         index = torch.arange(len(batch), device=batch.rewards.device)
-        return [(idx, batch.select(idx)) for idx in torch.split(index, size)]
+        return [(idx, batch.select(idx)) for idx in torch.split(index, size)] or [(index, batch)]
 
     def logprobs(self, mb: RolloutBatch) -> Tensor:
         return self.logprob_fn(mb)
@@ -297,6 +308,9 @@ class RowChunks:
 
     def backward(self, surrogate: Tensor, last: bool) -> None:
         surrogate.backward()
+
+    def skipped(self, rows: RolloutBatch) -> None:
+        pass
 
 
 def gradient_pass_suffices(objective: Objective, micro_batches: int) -> bool:
@@ -314,9 +328,11 @@ def accumulate_gradients(
     progress: float,
     terms: Tensor | None = None,
     collective: Collective | None = None,
+    skip_zero_rows: bool = True,
 ) -> tuple[float, dict[str, float]]:
     """Back-propagate the objective's loss on the whole step batch into the parameters' .grad, micro-batch by
-    micro-batch (`passes.split`), exactly (see module docstring). Returns the loss value and the objective's metrics.
+    micro-batch (`passes.split`), exactly (see module docstring). Returns the loss value and the objective's metrics,
+    with `skipped_rows`: the share of the step's rows (over all ranks) left out of the gradient pass.
 
     `terms`: this rank's no-grad terms at the current parameters if already known (e.g. from the behaviour policy's
     log-probs on the first strictly on-policy update). Otherwise a non-linear objective whose rank batch is one
@@ -324,14 +340,21 @@ def accumulate_gradients(
     a larger batch gets an extra no-grad pass. Linear objectives need no terms for their coefficients.
     With several ranks, gradients are assumed to be averaged by DDP/FSDP/DeepSpeed, so each rank's share is scaled by
     the world size to make the average equal the whole-batch gradient.
+
+    `skip_zero_rows`: whenever the coefficients are known before the gradient pass, a row whose every term has a zero
+    coefficient or is constant in the log-probs (`Objective.inert_rows`: e.g. a degenerate group's row under GRPO,
+    whose advantage is zero, when no KL term weighs it) adds exactly nothing to the gradient, so it is not forwarded
+    with gradients at all; the live rows are split into micro-batches anew. If no row is left on any rank, one empty
+    micro-batch still runs, so every parameter gets a zero gradient as before. A non-linear objective that takes its
+    coefficients from the gradient pass (one micro-batch, no known terms) forwards every row.
     """
     collective = collective or SingleProcess()
     info = _gather_info(batch.info, collective)
-    micro_batches = passes.split(batch)
+    micro_batches = passes.split(batch) if terms is None and not objective.linear or not skip_zero_rows else None
 
     def coefficients(known: Tensor | None, where: str) -> tuple[Tensor, dict[str, float], Tensor]:
-        # a linear objective's coefficients do not depend on the terms: computed in float64, then cast to the
-        # terms' dtype
+        # a linear objective's coefficients do not depend on the terms: computed in float64, then cast to the terms'
+        # dtype
         probe = known if known is not None else torch.zeros(len(batch), objective.n_terms, dtype=torch.float64,
                                                             device=batch.rewards.device)
         full, offset = collective.gather(probe)
@@ -348,13 +371,22 @@ def accumulate_gradients(
             graph = objective.sequence_terms(mb, passes.logprobs(mb))
             loss, metrics, coeffs = coefficients(_batch_order([(idx, graph.detach())]), "gradient pass")
             passes.backward((coeffs[idx].to(graph.dtype) * graph).sum(), True)
-        return float(loss.detach()), metrics
+        return float(loss.detach()), {**metrics, "skipped_rows": 0.0}
 
     if terms is None and not objective.linear:
         with torch.no_grad():
             terms = _batch_order([(idx, objective.sequence_terms(mb, passes.logprobs(mb)))
                                   for idx, mb in micro_batches])
     loss, metrics, coeffs = coefficients(terms, "no-grad pass")
+    skipped = 0.0
+    if skip_zero_rows:  # every rank splits (and agrees on a micro-batch count) once more, over its live rows
+        dead = coeffs.eq(0).all(-1) | objective.inert_rows(batch)
+        everywhere, _ = collective.gather(dead.double()[:, None])
+        skipped = float(everywhere.mean()) if len(everywhere) else 0.0
+        live = torch.nonzero(~dead).flatten()
+        micro_batches = [(live[idx], mb) for idx, mb in passes.split(batch.select(live))]
+        if skipped > 0:
+            passes.skipped(batch.select(torch.nonzero(dead).flatten()))
     seen = []
     for number, (idx, mb) in enumerate(micro_batches, start=1):
         last = number == len(micro_batches)
@@ -363,11 +395,15 @@ def accumulate_gradients(
             _check_finite(mb_terms.detach(), "gradient pass")
             passes.backward((coeffs[idx].to(mb_terms.dtype) * mb_terms).sum(), last)
         seen.append((idx, mb_terms.detach()))
-    if terms is None:  # linear objective: report the loss at the terms the gradient pass saw
-        full, _ = collective.gather(_batch_order(seen))
+    if terms is None:  # linear objective: report the loss at the terms the gradient pass saw (a skipped row's
+        # coefficients are zero, so it adds nothing to a linear loss: zeros stand in for its terms)
+        seen_terms = torch.zeros(len(batch), objective.n_terms, dtype=seen[0][1].dtype, device=seen[0][1].device)
+        for idx, values in seen:
+            seen_terms[idx] = values
+        full, _ = collective.gather(seen_terms)
         with torch.no_grad():
             loss, metrics = objective.loss(full, info, progress)
-    return float(loss.detach()), metrics
+    return float(loss.detach()), {**metrics, "skipped_rows": skipped}
 
 
 def _batch_order(parts: list[tuple[Tensor, Tensor]]) -> Tensor:

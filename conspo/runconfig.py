@@ -93,6 +93,7 @@ class TrainConfig:
     save_every: int | None = None  # steps between resumable states besides those at checkpoints (None: only there)
     save_every_minutes: float | None = None  # ... or minutes of wall time since the last one (whichever comes first)
     gradient_checkpointing: bool = False  # recompute each decoder layer in backward (FSDP: the accelerate config's)
+    skip_zero_rows: bool = True  # leave rows that add exactly nothing to the gradient out of the gradient pass
 
 
 @dataclass

@@ -74,6 +74,13 @@ class TokenSurrogate(GroupRelative):
         """Advantages broadcast to tokens; methods with token-level advantages (CEPO) override this."""
         return batch.advantages[:, None].to(logprobs.dtype)
 
+    def inert_rows(self, batch: RolloutBatch) -> Tensor:
+        """Rows whose token advantages are all zero: every token loss is A_t times a function of the ratio, so the
+        policy term is 0 whatever the log-probs; without a KL term nothing else depends on them."""
+        advantages = self.token_advantages(batch, batch.old_logprobs).expand(batch.response_mask.shape)
+        no_advantage = torch.where(batch.response_mask, advantages, 0).eq(0).all(-1)
+        return no_advantage & (self.kl_coef == 0)
+
     def sequence_terms(self, batch: RolloutBatch, logprobs: Tensor) -> Tensor:
         mask = batch.response_mask
         policy = masked_sum(self.token_loss(logprobs, batch.old_logprobs, self.token_advantages(batch, logprobs)), mask)

@@ -200,11 +200,11 @@ def optimizer_steps(objective: Objective, batch: RolloutBatch, forward: PolicyFo
         for chosen in torch.tensor_split(order, t.mini_batches_per_step):
             mini = batch.select(torch.nonzero(torch.isin(batch.group_ids, chosen)).flatten())
             on_policy = not losses  # no optimizer step yet since the rollouts: old log-probs are current
-            passes = forward.gradient_passes(old_from_pass=on_policy and old_from_pass)
+            passes = forward.gradient_passes(old_from_pass=on_policy and old_from_pass, on_policy=on_policy)
             terms = objective.sequence_terms(mini, mini.old_logprobs) if on_policy and not old_from_pass else None
             optimizer.zero_grad(set_to_none=True)
             loss, objective_metrics = accumulate_gradients(objective, mini, passes, progress=progress, terms=terms,
-                                                           collective=collective)
+                                                           collective=collective, skip_zero_rows=t.skip_zero_rows)
             # under DeepSpeed: the engine has clipped and stepped; this returns its norm, step() is a no-op
             norm = accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm or float("inf"))
             optimizer.step()
@@ -217,7 +217,8 @@ def optimizer_steps(objective: Objective, batch: RolloutBatch, forward: PolicyFo
 
 
 # keys that change how a run is carried out, not what it computes: a run resumes under new values of these
-OPERATIONAL_KEYS = (("train", "save_every"), ("train", "save_every_minutes"), ("verifier", "workers"))
+OPERATIONAL_KEYS = (("train", "save_every"), ("train", "save_every_minutes"), ("train", "skip_zero_rows"),
+                    ("verifier", "workers"))
 
 
 def config_change(saved: Path, cfg: RunConfig) -> str | None:

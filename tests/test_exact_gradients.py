@@ -29,6 +29,9 @@ class TinyLM(nn.Module):
         self.out = nn.Linear(16, V)
 
     def response_logprobs(self, batch: RolloutBatch) -> torch.Tensor:
+        if not len(batch):  # an empty micro-batch: no rows, but a graph through every parameter (zero gradients)
+            return batch.response_ids.new_zeros(batch.response_ids.shape, dtype=torch.float32) + 0 * sum(
+                p.sum() for p in self.parameters())
         ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
         hidden, _ = self.rnn(self.emb(ids))
         logits = self.out(hidden[:, P - 1 : -1])  # position t predicts token t+1
@@ -150,7 +153,8 @@ def test_on_policy_terms_from_old_logprobs_skip_the_extra_pass():
 
     terms = objective.sequence_terms(batch, batch.old_logprobs)
     accumulate_gradients(objective, batch, RowChunks(counting, 8), progress=0.0, terms=terms)
-    assert sum(calls) == len(batch)  # one gradient pass, no no-grad pass
+    assert sum(calls) == len(batch) - 8  # one gradient pass, no no-grad pass; the all-correct group has zero
+    # coefficients under ConSPO, so its 8 rows are not forwarded
     _, ref_grads = reference_gradient(objective, batch, progress=0.0)
     for p, r in zip(model.parameters(), ref_grads):
         torch.testing.assert_close(p.grad, r, atol=1e-6, rtol=1e-4)
@@ -173,6 +177,64 @@ def test_a_batch_of_one_micro_batch_takes_its_coefficients_from_the_gradient_pas
     assert abs(loss - ref_loss) < 1e-5
     for p, r in zip(model.parameters(), ref_grads):
         torch.testing.assert_close(p.grad, r, atol=1e-6, rtol=1e-4)
+
+
+SKIP_METHODS = [  # (method, params, off-policy noise, rows of the all-correct group left out of the gradient pass)
+    ("conspo", {}, 0.3, 8), ("conspo_no_contrastive", {}, 0.3, 8), ("gmpo", {}, 0.3, 8),
+    ("grpo", {}, 0.3, 8), ("cispo", {}, 0.3, 8), ("sapo", {}, 0.3, 8),
+    ("grpo", {"kl_coef": 0.05}, 0.3, 0),  # the KL term weighs every row
+    ("disco", {}, 0.0, 8),  # on-policy: DisCO's KL hinge is inactive
+    ("disco", {}, 0.3, 0),  # off-policy: the active hinge weighs every row
+]
+
+
+@pytest.mark.parametrize("name,params,off_policy,expected", SKIP_METHODS)
+def test_skipping_zero_coefficient_rows_gives_the_same_gradient(name, params, off_policy, expected):
+    """Micro-batches of 3 rows (so a non-linear objective's coefficients come from a no-grad pass): the gradient with
+    rows skipped equals the whole-batch gradient and the one without skipping; the all-correct group (8 of 29 rows)
+    is left out of the gradient pass unless a KL term weighs it."""
+    objective = build_objective(name, params)
+    batch = make_batch(off_policy=off_policy, with_ref=objective.needs_reference)
+    batch = batch.with_advantages(objective.advantages(batch.rewards, batch.group_ids))
+    _, ref_grads = reference_gradient(objective, batch, progress=0.4)
+    forwarded, results = {}, {}
+    for skip in (True, False):
+        model, calls = TinyLM(seed=123), []
+
+        def counting(mb):
+            calls.append((len(mb), torch.is_grad_enabled()))
+            return model.response_logprobs(mb)
+
+        loss, metrics = accumulate_gradients(objective, batch, RowChunks(counting, 3), progress=0.4,
+                                             skip_zero_rows=skip)
+        forwarded[skip] = sum(n for n, grad in calls if grad)
+        results[skip] = (loss, metrics["skipped_rows"], [p.grad.clone() for p in model.parameters()])
+    for grads in (results[True][2], results[False][2]):
+        for g, r in zip(grads, ref_grads):
+            torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-4)
+    assert results[True][0] == pytest.approx(results[False][0], abs=1e-6)
+    assert forwarded[False] == len(batch) and results[False][1] == 0.0
+    assert forwarded[True] == len(batch) - expected and results[True][1] == pytest.approx(expected / len(batch))
+
+
+@pytest.mark.parametrize("name", ["conspo", "grpo"])
+def test_a_batch_without_signal_still_gives_every_parameter_a_zero_gradient(name):
+    """Every group degenerate: no row is forwarded with gradients, yet every .grad is a zero tensor (not None), so the
+    optimizer steps as it did before skipping existed (AdamW moves with its moments and decay)."""
+    objective = build_objective(name)
+    batch = make_batch(group_sizes=(8, 8))
+    batch.rewards[:8], batch.correct[:8] = 0.0, False  # all wrong; the second group is all correct already
+    batch = batch.with_advantages(objective.advantages(batch.rewards, batch.group_ids))
+    model, calls = TinyLM(seed=123), []
+
+    def counting(mb):
+        calls.append((len(mb), torch.is_grad_enabled()))
+        return model.response_logprobs(mb)
+
+    _, metrics = accumulate_gradients(objective, batch, RowChunks(counting, 3), progress=0.4)
+    assert metrics["skipped_rows"] == 1.0
+    assert [n for n, grad in calls if grad] == [0]  # one empty gradient micro-batch
+    assert all(p.grad is not None and not p.grad.any() for p in model.parameters())
 
 
 def test_non_finite_terms_are_refused():
@@ -204,27 +266,29 @@ def _agree(count: int) -> int:
     return int(total)
 
 
-def _worker(rank, world, port, name, split, out):
+def _worker(rank, world, port, names, split, out, off_policy=0.3):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        objective = build_objective(name)
-        batch = make_batch(seed=7)
-        rows = torch.arange(split) if rank == 0 else torch.arange(split, len(batch))  # splits a group across ranks
-        # advantages come from whole groups, before the batch is split
-        local = batch.select(rows).with_advantages(objective.advantages(batch.rewards, batch.group_ids)[rows])
         results = {}
-        for label, passes_of in (("rows", lambda fn: RowChunks(fn, 3)),
-                                 ("tokens", lambda fn: TokenBudget(fn, 2 * (P + T), _agree))):
-            model = TinyLM(seed=123)
-            passes = passes_of(model.response_logprobs)
-            counts = [None, None]
-            torch.distributed.all_gather_object(counts, len(passes.split(local)))
-            accumulate_gradients(objective, local, passes, progress=0.5, collective=TorchDistributed())
-            for p in model.parameters():  # what DDP does: average the gradients over ranks
-                torch.distributed.all_reduce(p.grad)
-                p.grad /= world
-            results[label] = ([p.grad for p in model.parameters()], counts)
+        for name in names.split(","):
+            objective = build_objective(name)
+            batch = make_batch(seed=7, off_policy=off_policy)
+            rows = torch.arange(split) if rank == 0 else torch.arange(split, len(batch))  # splits a group
+            # advantages come from whole groups, before the batch is split
+            local = batch.select(rows).with_advantages(objective.advantages(batch.rewards, batch.group_ids)[rows])
+            for label, passes_of in (("rows", lambda fn: RowChunks(fn, 3)),
+                                     ("tokens", lambda fn: TokenBudget(fn, 2 * (P + T), _agree))):
+                model = TinyLM(seed=123)
+                passes = passes_of(model.response_logprobs)
+                counts = [None, None]
+                torch.distributed.all_gather_object(counts, len(passes.split(local)))
+                _, metrics = accumulate_gradients(objective, local, passes, progress=0.5,
+                                                  collective=TorchDistributed())
+                for p in model.parameters():  # what DDP does: average the gradients over ranks
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= world
+                results[f"{name}/{label}"] = ([p.grad for p in model.parameters()], counts, metrics["skipped_rows"])
         if rank == 0:
             torch.save(results, out)
     finally:
@@ -238,9 +302,27 @@ def test_two_gloo_processes_give_the_whole_batch_gradient(tmp_path, name):
     out = tmp_path / "grads.pt"
     mp.spawn(_worker, args=(2, _free_port(), name, 11, str(out)), nprocs=2, join=True)
     results = torch.load(out, weights_only=True)
-    assert results["tokens"][1][0] == results["tokens"][1][1] > len(split_by_tokens(make_batch(seed=7).select(
-        torch.arange(11)), 2 * (P + T)))  # the smaller rank runs more micro-batches than it needs alone
+    counts = results[f"{name}/tokens"][1]
+    alone = len(split_by_tokens(make_batch(seed=7).select(torch.arange(11)), 2 * (P + T)))
+    assert counts[0] == counts[1] > alone  # the smaller rank runs more micro-batches than it needs alone
     _, ref = reference_gradient(build_objective(name), make_batch(seed=7), progress=0.5)
-    for label, (grads, _) in results.items():
+    for label, (grads, *_) in results.items():
         for g, r in zip(grads, ref):
             torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-4, msg=lambda m: f"{label}: {m}")
+
+
+def test_two_gloo_processes_skipping_a_whole_rank_give_the_whole_batch_gradient(tmp_path):
+    """21 and 8 rows: the second rank holds only the all-correct group, so it forwards nothing with gradients and
+    runs empty micro-batches alongside the first rank's (ConSPO, GRPO, and DisCO, on-policy so that its KL hinge is
+    inactive); the averaged gradient is the whole-batch one."""
+    out = tmp_path / "grads.pt"
+    names = ("conspo", "grpo", "disco")
+    mp.spawn(_worker, args=(2, _free_port(), ",".join(names), 21, str(out), 0.0), nprocs=2, join=True)
+    results = torch.load(out, weights_only=True)
+    for name in names:
+        _, ref = reference_gradient(build_objective(name), make_batch(seed=7, off_policy=0.0), progress=0.5)
+        for label in ("rows", "tokens"):
+            grads, _, skipped = results[f"{name}/{label}"]
+            assert skipped >= 8 / 29, (name, label, skipped)  # at least the second rank's rows
+            for g, r in zip(grads, ref):
+                torch.testing.assert_close(g, r, atol=1e-6, rtol=1e-4, msg=lambda m: f"{name}/{label}: {m}")

@@ -111,6 +111,8 @@ def test_on_policy_steps_skip_the_old_logprob_pass_with_the_same_result(tiny, tm
         for key in ("reward", "loss", "entropy", "grad_norm", "clip_frac_low", "clip_frac_high"):
             assert a[key] == pytest.approx(b[key], rel=1e-5, abs=1e-7), key
     assert all(torch.allclose(skipped_weights[k], full_weights[k], atol=1e-6) for k in full_weights)
+    if method == "conspo":  # the separate pass gives the coefficients first: the degenerate groups' rows are skipped
+        assert [r["objective/skipped_rows"] for r in full] == pytest.approx([r["degenerate_groups"] for r in full])
 
 
 def test_ppo_mini_batches_dynamic_sampling_and_overlong_shaping(tiny, tmp_path):
