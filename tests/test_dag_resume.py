@@ -31,6 +31,15 @@ def shrunk_tiny_config() -> dict:
     return config
 
 
+
+def unlock_and_rerun(command: list[str], cwd) -> None:
+    """What a user does after a killed snakemake: --unlock (the kill left its lock), then the same target again."""
+    unlock = subprocess.run([*command, "--unlock"], cwd=cwd, capture_output=True, text=True, timeout=300)
+    assert unlock.returncode == 0, unlock.stderr[-4000:]
+    rerun = subprocess.run([*command, "--rerun-incomplete"], cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-4000:]
+
+
 def test_a_killed_training_job_resumes_from_its_checkpoint_on_rerun(tmp_path):
     for name in ("Snakefile", "workflow", "config", "slurm", "profiles"):
         source = ROOT / name
@@ -50,12 +59,7 @@ def test_a_killed_training_job_resumes_from_its_checkpoint_on_rerun(tmp_path):
     first.wait()
     assert not (run_dir / "done.json").exists(), "the run finished before the kill: nothing to resume"
 
-    # a killed snakemake leaves its lock: the user's next command is --unlock, then the same target again
-    unlock = subprocess.run([*command, "--unlock"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert unlock.returncode == 0, unlock.stderr[-4000:]
-    rerun = subprocess.run([*command, "--rerun-incomplete"], cwd=tmp_path, capture_output=True, text=True,
-                           timeout=900)
-    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    unlock_and_rerun(command, tmp_path)
     log = (run_dir / "train.log").read_text()
     assert "resumed from" in log and "step-00000" in log.split("resumed from", 1)[1].splitlines()[0]
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -104,11 +108,7 @@ def test_a_killed_evaluation_job_keeps_its_samples_and_ends_with_the_uninterrupt
              for path in evals.glob("*.samples.jsonl")}  # whole lines: the kill may have torn the last one
     assert not (evals / "OlympiadBench.metrics.json").exists(), "the evaluation finished before the kill"
 
-    unlock = subprocess.run([*command, "--unlock"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert unlock.returncode == 0, unlock.stderr[-4000:]
-    rerun = subprocess.run([*command, "--rerun-incomplete"], cwd=tmp_path, capture_output=True, text=True,
-                           timeout=900)
-    assert rerun.returncode == 0, rerun.stderr[-4000:]
+    unlock_and_rerun(command, tmp_path)
     log = (evals / "evaluate.log").read_text()
     kept = sum(len(lines) for lines in drawn.values())
     assert kept > 0 and f"generating {sum(m['k'] * m['n_problems'] for m in reference.values()) - kept} samples" \
