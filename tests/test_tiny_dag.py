@@ -100,7 +100,7 @@ def test_report_opens_in_chromium(tiny_run):
     assert (tiny_run / "results" / "report.png").stat().st_size > 10_000
 
 
-def test_table1_shows_grpo_and_conspo_above_the_base_model(tiny_run):
+def test_table1_shows_grpo_and_conspo_above_the_base_model(tiny_run, pytestconfig):
     """The rendered Table 1 (best checkpoints): each method's average over the seven benchmarks exceeds the base
     model's by more than 3 standard errors of the difference (the two cells' standard errors combined)."""
     import math
@@ -113,18 +113,20 @@ def test_table1_shows_grpo_and_conspo_above_the_base_model(tiny_run):
     for method in ("GRPO", "ConSPO"):
         row = average.loc[method]
         gain, se = row["value"] - base["value"], math.hypot(row["se_problems"], base["se_problems"])
-        print(f"Table 1, {method}: {row['value']:.2f} vs base {base['value']:.2f}: gain {gain:+.2f} ± {se:.2f}, "
-              f"z = {gain / se:.1f}")
+        pytestconfig.pluginmanager.getplugin("terminalreporter").write_line(  # in the CI log
+            f"Table 1, {method}: {row['value']:.2f} vs base {base['value']:.2f}: gain {gain:+.2f} ± {se:.2f}, "
+            f"z = {gain / se:.1f}")
         assert gain > 3 * se, method
 
 
-def test_figure2_panels_vary(tiny_run):
+def test_figure2_panels_vary(tiny_run, pytestconfig):
     from conspo.figures import read_data
 
     panels = read_data(str(tiny_run / "results" / "figures" / "figure2.png"))["panels"]
     assert set(panels) == {"tau", "M", "alpha"}
     for name, panel in panels.items():
-        print(f"Figure 2, {name}: {dict(zip(panel['values'], (round(m, 2) for m in panel['mean'])))}")
+        pytestconfig.pluginmanager.getplugin("terminalreporter").write_line(
+            f"Figure 2, {name}: {dict(zip(panel['values'], (round(m, 2) for m in panel['mean'])))}")
         assert len(set(panel["mean"])) == len(panel["values"]) == 2, name
 
 
