@@ -192,7 +192,7 @@ def test_own_config_example_dry_run(tmp_path):
     jobs = parse_dry_run(result.stdout + result.stderr)
     counts = Counter(job["rule"] for job in jobs)
     assert counts["prepare_model"] == 1 and counts["train"] == 2 and counts["prepare_benchmark"] == 2
-    assert counts["evaluate_checkpoint"] == 2 * 2 * 2 and counts["evaluate_base_model"] == 1
+    assert counts["evaluate_checkpoint"] == 2 * 2 and counts["evaluate_base_model"] == 1  # a job per checkpoint
     assert counts["check_validation"] == 1 and counts["render_table"] == 1 and "draw_figure1" not in counts
     prepare = next(job for job in jobs if job["rule"] == "prepare_training_set")
     assert prepare["input"] == ["results-smollm2/data/benchmarks/MATH500-test.jsonl",

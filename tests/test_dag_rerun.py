@@ -35,7 +35,7 @@ def reduced_tiny_config() -> dict:
     config = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())
     config["models"] = {"tiny-a": config["models"]["tiny-a"]}
     config["training"]["train"].update(total_steps=2, checkpoint_every=2, lr=1.0e-3, prompts_per_step=4,
-                                       micro_batch_size=8)  # two steps of 4 prompts x 4 rollouts, as measured
+                                       max_tokens_per_micro_batch=1024)  # two steps of 4 x 4 rollouts, as measured
     config["training"]["rollout"]["group_size"] = 4
     config["datasets"] = {"DeepScaleR-Preview": {"prepare": {"dataset": "deepscaler", "source": "synthetic", "n": 16,
                                                              "seed": 0}, "n_prompts": 16}}

@@ -26,7 +26,8 @@ TARGET = f"results/runs/{RUN}/done.json"
 def shrunk_tiny_config() -> dict:
     config = yaml.safe_load((ROOT / "config" / "tiny.yaml").read_text())
     config["models"]["tiny-a"]["build"].update(steps=20, train_size=256)
-    config["training"]["train"].update(total_steps=8, checkpoint_every=2, prompts_per_step=4, micro_batch_size=16)
+    config["training"]["train"].update(total_steps=8, checkpoint_every=2, prompts_per_step=4,
+                                       max_tokens_per_micro_batch=2048)
     config["training"]["rollout"].update(group_size=4)
     return config
 

@@ -56,7 +56,7 @@ def zero_reward_runs(tmp_path_factory):
         cfg = parse_config({"name": method, "seed": 0, "model": {"path": str(root / "model")},
                             "data": {"train": str(root / "train.jsonl")}, "method": {"name": method},
                             "rollout": {"group_size": 4, "max_new_tokens": 8},
-                            "train": {"prompts_per_step": 4, "micro_batch_size": 16, "total_steps": 2,
+                            "train": {"prompts_per_step": 4, "max_tokens_per_micro_batch": 2048, "total_steps": 2,
                                       "lr": 1e-3, "checkpoint_every": 2},
                             "verifier": {"workers": 1}})
         train(cfg, root / method)

