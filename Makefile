@@ -20,7 +20,7 @@ run: setup
 # longer RL run) take tens of minutes more: `make test-all` runs them too.
 test:
 	bash scripts/setup.sh --browser
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" --durations=15 $(PYTEST_ARGS)
 
 test-all:
 	bash scripts/setup.sh --browser

@@ -322,6 +322,7 @@ def learning_run(tiny, out, method, steps, lr):
     return out / "checkpoints" / f"step-{steps:06d}"
 
 
+@pytest.mark.slow  # the default suite shows the same gain through the whole pipeline: tests/test_tiny_dag.py, Table 1
 @pytest.mark.parametrize("method", ["grpo", "conspo"])
 def test_training_raises_accuracy_well_beyond_its_standard_error(tiny, tmp_path, method):
     """30 steps of 16 prompts x 8 rollouts raise the accuracy on every held-out problem of the training kind (the
