@@ -8,6 +8,7 @@ of the suite on 2 cores, the DAG itself 89 jobs."""
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
@@ -43,6 +44,12 @@ def scheduled(output: str) -> list[tuple[str, str]]:
     return jobs
 
 
+def report(pytestconfig, line: str) -> None:
+    """A line in the suite's output (the CI log) even while pytest captures the test's own output."""
+    with pytestconfig.pluginmanager.getplugin("capturemanager").global_and_fixture_disabled():
+        pytestconfig.pluginmanager.getplugin("terminalreporter").write_line(line)
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, pytestconfig):
     """`make run` (README command 1) in a copy of the checkout; its recipe lines and exit status go to the test log."""
@@ -57,7 +64,7 @@ def tiny_run(tmp_path_factory, pytestconfig):
     started = time.perf_counter()
     result = subprocess.run(["make", "run"], cwd=workdir, capture_output=True, text=True, timeout=2400)
     (workdir.parent / "make-run.log").write_text(result.stdout + result.stderr)
-    say = pytestconfig.pluginmanager.getplugin("terminalreporter").write_line
+    say = functools.partial(report, pytestconfig)
     for line in result.stdout.splitlines():
         if line.startswith(("bash scripts/setup.sh", ".venv/bin/")):  # the commands make echoes from its recipe
             say(f"[make run] {line}")
@@ -113,9 +120,8 @@ def test_table1_shows_grpo_and_conspo_above_the_base_model(tiny_run, pytestconfi
     for method in ("GRPO", "ConSPO"):
         row = average.loc[method]
         gain, se = row["value"] - base["value"], math.hypot(row["se_problems"], base["se_problems"])
-        pytestconfig.pluginmanager.getplugin("terminalreporter").write_line(  # in the CI log
-            f"Table 1, {method}: {row['value']:.2f} vs base {base['value']:.2f}: gain {gain:+.2f} ± {se:.2f}, "
-            f"z = {gain / se:.1f}")
+        report(pytestconfig, f"Table 1, {method}: {row['value']:.2f} vs base {base['value']:.2f}: "
+                             f"gain {gain:+.2f} ± {se:.2f}, z = {gain / se:.1f}")
         assert gain > 3 * se, method
 
 
@@ -125,8 +131,8 @@ def test_figure2_panels_vary(tiny_run, pytestconfig):
     panels = read_data(str(tiny_run / "results" / "figures" / "figure2.png"))["panels"]
     assert set(panels) == {"tau", "M", "alpha"}
     for name, panel in panels.items():
-        pytestconfig.pluginmanager.getplugin("terminalreporter").write_line(
-            f"Figure 2, {name}: {dict(zip(panel['values'], (round(m, 2) for m in panel['mean'])))}")
+        means = dict(zip(panel["values"], (round(m, 2) for m in panel["mean"])))
+        report(pytestconfig, f"Figure 2, {name}: {means}")
         assert len(set(panel["mean"])) == len(panel["values"]) == 2, name
 
 
