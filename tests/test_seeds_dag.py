@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import re
 import shutil
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import pytest
 import yaml
 from conftest_models import tiny_model_path  # noqa: F401  (session fixture)
 from snakemake.utils import validate
+from test_tiny_dag import scheduled
 
 from conspo.plan import AVERAGE, Plan, deep_merge
 from conspo.tables import read_cells
@@ -61,20 +61,6 @@ def snakemake(workdir: Path, *args: str) -> str:
     result = subprocess.run([SNAKEMAKE, *args], cwd=workdir, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     return result.stdout + result.stderr
-
-
-def scheduled(output: str) -> list[tuple[str, str]]:
-    """(rule, run or '') of every job a dry run lists."""
-    jobs, rule = [], None
-    for line in output.splitlines():
-        start = re.match(r"^(?:local)?rule (\w+):$", line)
-        if start:
-            rule = start.group(1)
-            jobs.append((rule, ""))
-        elif rule and line.strip().startswith("wildcards:"):
-            run = re.search(r"run=([^,\s]+)", line)
-            jobs[-1] = (rule, run.group(1) if run else "")
-    return jobs
 
 
 def plan_of(config: dict) -> Plan:
