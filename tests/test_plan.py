@@ -155,9 +155,9 @@ def test_tiny_config_exercises_every_table_and_figure():
     assert set(tiny.figures) == {"figure1", "figure2"}
     assert all(m["source"] == "tiny" for m in tiny.models.values())
     assert len(tiny.runs) == 10
-    # the warm-ups end early in the 30 steps, so CLIPO shapes rewards and CEPO reweights tokens for most of the run
-    assert tiny.run_config("tiny-a--deepscaler-preview--clipo")["method"]["params"]["head_warmup_steps"] == 3
-    assert tiny.run_config("tiny-a--deepscaler-preview--cepo")["method"]["params"]["warmup_steps"] == 2
+    # the warm-ups end early in the 20 steps, so CLIPO shapes rewards and CEPO reweights tokens for most of the run
+    assert tiny.run_config("tiny-a--deepscaler-preview--clipo")["method"]["params"]["head_warmup_steps"] == 2
+    assert tiny.run_config("tiny-a--deepscaler-preview--cepo")["method"]["params"]["warmup_steps"] == 1
     # every run trains with the same settings
     assert len({repr({k: v for k, v in tiny.run_config(run).items() if k not in ("name", "method", "model", "data")})
                 for run in tiny.runs}) == 1

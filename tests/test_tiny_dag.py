@@ -20,7 +20,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
-CELL = "results/evals/tiny-a--deepscaler-preview--conspo/step-000030/AIME24.metrics.json"
+CELL = "results/evals/tiny-a--deepscaler-preview--conspo/step-000020/AIME24.metrics.json"
 
 
 

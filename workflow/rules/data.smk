@@ -43,6 +43,7 @@ rule prepare_model:
         command=lambda wildcards: PLAN.model_command(PLAN.model_of_slug(wildcards.model)),
     log:
         f"{R}/logs/prepare/model-{{model}}.log",
+    priority: 10  # every run and base evaluation waits for its model: start builds before cheaper jobs
     localrule: True
     conda:
         CONDA_ENV
