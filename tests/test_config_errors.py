@@ -85,7 +85,7 @@ CORPUS = [
     ("tab indentation", text_edit("    group_size: 8\n", "\tgroup_size: 8\n"), "config/case.yaml, line"),
     ("method defined twice", text_edit("  GRPO: {objective: grpo}\n", "  GRPO: {objective: grpo}\n  GRPO: "
                                        "{objective: grpo, params: {clip_eps_high: 0.28}}\n"), "methods.GRPO"),
-    ("training setting defined twice", text_edit("    lr: 1.0e-4\n", "    lr: 1.0e-4\n    lr: 1.0e-3\n"),
+    ("training setting defined twice", text_edit("    lr: 1.5e-4\n", "    lr: 1.5e-4\n    lr: 1.0e-3\n"),
      "training.train.lr"),
     # ------------------------------------------------------------------ the schema
     ("unknown top-level key", setting("tabels", {}), "tabels"),

@@ -62,7 +62,9 @@ def paper_dry_run(tmp_path_factory):
                            env={"CONSPO_SLURM_PARTITION": "gpu-h100", "CONSPO_SLURM_ACCOUNT": "conspo-lab"})
     assert result.returncode == 0, result.stderr[-3000:]
     text = result.stdout + result.stderr
-    assert "Using profile slurm" in text and re.search(r"Config file\(s\): \[.*config/paper.yaml'\)?\]", text)
+    # the slurm profile, beside the workflow profile (profiles/default) that Snakemake always adds
+    assert "Using profiles slurm and workflow specific profile profiles/default" in text
+    assert re.search(r"Config file\(s\): \[.*config/paper.yaml'\)?\]", text)
     return parse_dry_run(text)
 
 
