@@ -15,7 +15,7 @@ run: setup
 	$(VENV)/bin/snakemake all --cores $(CORES) --configfile config/tiny.yaml
 	$(VENV)/bin/snakemake --cores $(CORES) --configfile config/tiny.yaml --report results/report.html
 
-# Command 2: the test suite (CI), the whole tiny DAG end to end included (~11 of its ~24 minutes on 2 cores).
+# Command 2: the test suite (CI), the whole tiny DAG end to end included (~9 of its ~19 minutes on 2 cores).
 # Tests marked `slow` (vLLM and SmolLM2 end to end, the report rules on synthetic metrics, accuracy gains of a
 # longer RL run) take tens of minutes more: `make test-all` runs them too.
 test:
