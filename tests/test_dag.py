@@ -204,6 +204,7 @@ def test_own_config_example_dry_run(tmp_path):
             "--out results-smollm2/data/train/math500-train.jsonl") in prepare["shell"]
     evaluation = next(job for job in jobs if job["rule"] == "evaluate_base_model")
     assert "--extraction last" in evaluation["shell"] and "--max-new-tokens 512" in evaluation["shell"]
+    assert "--batch-size 8 " in evaluation["shell"]  # the example's CPU batch, not the engine's default of 64
     aggregate = next(job for job in jobs if job["rule"] == "aggregate_table")
     assert "results-smollm2/runs/smollm2-135m-instruct--math500-train--grpo/done.json" in aggregate["input"]
 
